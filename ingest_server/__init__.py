@@ -1,0 +1,1 @@
+"""The ingest server: FastAPI/uvicorn WebSocket endpoint, durable journals, REST API."""

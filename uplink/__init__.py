@@ -1,0 +1,1 @@
+"""The uplink: bounded ring buffer and the reconnecting, resuming WebSocket client."""
