@@ -1,0 +1,318 @@
+"""The asyncio layer around the sans-I/O core: it moves bytes and keeps time, nothing more.
+
+One task per job: a connection task (open, then read), a writer task (sends in order), and a
+timer task (calls `core.tick` at `core.next_deadline()`). Ring wake-ups arrive from the
+capture thread through `loop.call_soon_threadsafe`. Every core call happens on the event loop
+thread, so the core needs no locks. Each connection has a generation number: events from a
+connection the core already dropped are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+
+from uplink import wire
+from uplink.config import UplinkConfig
+from uplink.core import (
+    Action,
+    CloseConnection,
+    ConnectionState,
+    Counters,
+    Failed,
+    Finished,
+    OpenConnection,
+    SendBinary,
+    SendText,
+    State,
+    StateChanged,
+    UplinkCore,
+)
+from uplink.errors import (
+    ConnectFailed,
+    FatalError,
+    HandshakeRefused,
+    UplinkError,
+    error_for_http_status,
+)
+from uplink.ring import RingBuffer, RingStats
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkStats:
+    """A snapshot for status displays and supervisors."""
+
+    state: ConnectionState
+    counters: Counters
+    ring: RingStats
+    in_flight: int
+    breaker: str
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkResult:
+    ok: bool
+    error: FatalError | None
+    stats: UplinkStats
+
+
+def endpoint_url(server: str) -> str:
+    """`ws://host:port` gets the protocol's path; a URL with a path is used as given."""
+    scheme, sep, rest = server.partition("://")
+    if not sep:
+        scheme, rest = "ws", server
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"server URL must start with ws:// or wss://, not {scheme}://")
+    host, slash, path = rest.partition("/")
+    if not host:
+        raise ValueError(f"server URL {server!r} has no host")
+    if not slash or not path:
+        return f"{scheme}://{host}{wire.ENDPOINT_PATH}"
+    return f"{scheme}://{host}/{path}"
+
+
+class UplinkClient:
+    def __init__(
+        self,
+        server: str,
+        ring: RingBuffer,
+        stream_id: str,
+        config: UplinkConfig,
+        token: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = endpoint_url(server)
+        self.ring = ring
+        self.token = token
+        self.config = config
+        self.clock = clock
+        self.core = UplinkCore(ring, stream_id, config, rng)
+        self._listeners: list[Callable[[ConnectionState], None]] = []
+        self._queues: list[asyncio.Queue[ConnectionState]] = []
+        self._ws: ClientConnection | None = None
+        self._gen = 0
+        self._outgoing: deque[str | bytes] = deque()
+        self._send_ready = asyncio.Event()
+        self._timer_changed = asyncio.Event()
+        self._finished: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- observation ----------------------------------------------------------------------
+
+    def on_state(self, listener: Callable[[ConnectionState], None]) -> None:
+        """Call `listener` on every connection state change (on the event loop thread)."""
+        self._listeners.append(listener)
+
+    async def states(self) -> AsyncIterator[ConnectionState]:
+        """Async iterator over state changes until the uplink is done or failed."""
+        queue: asyncio.Queue[ConnectionState] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            while True:
+                state = await queue.get()
+                yield state
+                if state.name in ("done", "failed"):
+                    return
+        finally:
+            self._queues.remove(queue)
+
+    def stats(self) -> UplinkStats:
+        core = self.core
+        return UplinkStats(
+            state=core.public,
+            counters=core.counters,
+            ring=self.ring.stats(),
+            in_flight=core.in_flight,
+            breaker=core.breaker.state.value,
+        )
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self) -> UplinkResult:
+        """Stream until the server acked end-of-stream, or a fatal error."""
+        loop = asyncio.get_running_loop()
+        self._finished = loop.create_future()
+        self.ring.on_data = lambda: loop.call_soon_threadsafe(self._on_ring_data)
+        self._spawn(self._writer())
+        self._spawn(self._timer())
+        try:
+            self._execute(self.core.start(self.clock()))
+            await self._finished
+        finally:
+            self.ring.on_data = None
+            if self.core.state not in (State.DONE, State.FAILED):
+                self.ring.abort()
+            await self._shutdown()
+        error = self.core.error
+        return UplinkResult(ok=error is None, error=error, stats=self.stats())
+
+    def give_up(self, reason: str) -> None:
+        """Stop now (e.g. a second Ctrl-C): fail with `reason`; the ring keeps the audio."""
+        self._execute(self.core.stop(self.clock(), reason))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shutdown(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2.0)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- executing actions ----------------------------------------------------------------
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case SendBinary(data):
+                    self._outgoing.append(data)
+                    self._send_ready.set()
+                case SendText(text):
+                    self._outgoing.append(text)
+                    self._send_ready.set()
+                case OpenConnection():
+                    self._gen += 1
+                    self._outgoing.clear()
+                    self._spawn(self._connection(self._gen))
+                case CloseConnection(code, reason):
+                    self._close_current(code, reason)
+                case StateChanged(state):
+                    for listener in self._listeners:
+                        listener(state)
+                    for queue in self._queues:
+                        queue.put_nowait(state)
+                case Finished() | Failed():
+                    if self._finished is not None and not self._finished.done():
+                        self._finished.set_result(None)
+        self._timer_changed.set()
+
+    def _close_current(self, code: int, reason: str) -> None:
+        self._gen += 1  # whatever that connection still reports is stale
+        self._outgoing.clear()
+        ws, self._ws = self._ws, None
+        if ws is None:
+            return
+        if code == 1001:
+            # a dead link: a closing handshake would wait on it, so abort the TCP connection
+            ws.transport.abort()
+        else:
+            self._spawn(_close_quietly(ws, code, reason))
+
+    def _on_ring_data(self) -> None:
+        self._execute(self.core.data_available(self.clock()))
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def _connection(self, gen: int) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            ws = await connect(
+                self.url,
+                additional_headers=headers,
+                compression=None,  # PCM does not compress (docs/protocol.md §1)
+                proxy=None,
+                open_timeout=self.config.connect_timeout,
+                ping_interval=None,  # liveness is the core's job (acks, app-level pings)
+                close_timeout=1.0,
+                max_size=wire.DEFAULT_MAX_MESSAGE_BYTES,
+            )
+        except Exception as e:  # translated at the boundary, cause kept
+            if gen == self._gen:
+                self._execute(self.core.connection_failed(_translate_open_error(e), self.clock()))
+            return
+        if gen != self._gen:
+            await _close_quietly(ws, 1000, "superseded locally")
+            return
+        self._ws = ws
+        self._execute(self.core.connection_opened(self.clock()))
+        code: int | None = None
+        reason = ""
+        try:
+            async for message in ws:
+                if gen != self._gen:
+                    return
+                if isinstance(message, str):
+                    self._execute(self.core.text_received(message, self.clock()))
+        except ConnectionClosed as e:
+            if e.rcvd is not None:
+                code, reason = e.rcvd.code, e.rcvd.reason
+        except OSError:
+            pass
+        else:
+            if ws.close_code is not None and ws.close_code != 1006:
+                code, reason = ws.close_code, ws.close_reason or ""
+        if gen == self._gen:
+            self._ws = None
+            self._execute(self.core.connection_closed(code, reason, self.clock()))
+
+    async def _writer(self) -> None:
+        while True:
+            await self._send_ready.wait()
+            self._send_ready.clear()
+            while self._outgoing:
+                ws, gen = self._ws, self._gen
+                if ws is None:
+                    self._outgoing.clear()
+                    break
+                message = self._outgoing.popleft()
+                try:
+                    await ws.send(message)
+                except (ConnectionClosed, OSError):
+                    # the reader sees the close and tells the core; what was in flight is
+                    # replayed after the next welcome
+                    if gen == self._gen:
+                        self._outgoing.clear()
+                    break
+
+    async def _timer(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            self._timer_changed.clear()
+            if deadline is None:
+                await self._timer_changed.wait()
+                continue
+            delay = deadline - self.clock()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._timer_changed.wait(), delay)
+                continue
+            self._execute(self.core.tick(self.clock()))
+
+
+async def _close_quietly(ws: ClientConnection, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close(code, reason)
+
+
+def _translate_open_error(e: Exception) -> UplinkError:
+    if isinstance(e, InvalidStatus):
+        status = e.response.status_code
+        body = e.response.body.decode("utf-8", "replace")[:200] if e.response.body else ""
+        err = error_for_http_status(status, body.strip())
+    elif isinstance(e, InvalidURI):
+        err = HandshakeRefused(f"invalid server URL: {e}")
+    elif isinstance(e, TimeoutError | asyncio.TimeoutError):
+        err = ConnectFailed("timed out opening the connection")
+    elif isinstance(e, OSError):
+        err = ConnectFailed(f"cannot connect: {e.strerror or e}")
+    elif isinstance(e, websockets.exceptions.InvalidHandshake):
+        err = ConnectFailed(f"WebSocket upgrade failed: {e}")
+    else:
+        err = ConnectFailed(f"cannot connect: {e!r}")
+    err.__cause__ = e
+    return err

@@ -1,0 +1,116 @@
+"""Uplink configuration: one typed place, with profiles and env/flag overrides.
+
+Profiles follow the research note's §5 table; ``live`` (the default) is tuned for live audio:
+a 0.5 s first retry and a 10 s cap, because every second of outage is a second of audio the
+ring has to hold and the server has to catch up on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from uplink.policy import BackoffConfig, BreakerConfig, RetryBudgetConfig
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkConfig:
+    buffer_seconds: float = 120.0  # ring capacity (see uplink/ring.py for the byte arithmetic)
+    frame_ms: float = 20.0
+    window_frames: int = 1024  # max frames sent but not acked (the server may lower it)
+    max_coalesce_bytes: int = 256 * 1024  # per AUDIO message during catch-up
+    connect_timeout: float = 5.0  # TCP + WebSocket upgrade
+    handshake_timeout: float = 5.0  # hello → welcome
+    ack_timeout: float = 3.0  # frames in flight and no ack progress → dead link
+    heartbeat_interval: float = 5.0  # idle link: ping this often
+    heartbeat_timeout: float = 3.0  # … and expect the pong within this
+    end_timeout: float = 10.0  # end → ended (the server finalizes the WAV meanwhile)
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
+
+
+PROFILES: dict[str, UplinkConfig] = {
+    "live": UplinkConfig(),
+    # research note §5, development column
+    "development": UplinkConfig(
+        buffer_seconds=60.0,
+        heartbeat_interval=10.0,
+        heartbeat_timeout=5.0,
+        backoff=BackoffConfig(base=1.0, cap=10.0),
+        breaker=BreakerConfig(failure_threshold=3),
+        budget=RetryBudgetConfig(max_initial_attempts=5),
+    ),
+    # research note §5, production column (ack_timeout stays short: while audio flows the
+    # ack stream, not the 30 s heartbeat, is what detects a dead link)
+    "production": UplinkConfig(
+        buffer_seconds=300.0,
+        heartbeat_interval=30.0,
+        heartbeat_timeout=10.0,
+        ack_timeout=5.0,
+        backoff=BackoffConfig(base=1.0, cap=60.0),
+        breaker=BreakerConfig(failure_threshold=5),
+        budget=RetryBudgetConfig(max_initial_attempts=15),
+    ),
+}
+
+# Flat names for flags and ECHOPANEL_* environment variables → (section, field).
+_FLAT: dict[str, tuple[str | None, str]] = {
+    **{f.name: (None, f.name) for f in fields(UplinkConfig) if f.name not in ("backoff", "breaker", "budget")},
+    "backoff_base": ("backoff", "base"),
+    "backoff_cap": ("backoff", "cap"),
+    "backoff_multiplier": ("backoff", "multiplier"),
+    "backoff_jitter": ("backoff", "jitter"),
+    "breaker_failures": ("breaker", "failure_threshold"),
+    "breaker_successes": ("breaker", "success_threshold"),
+    "breaker_open_timeout": ("breaker", "open_timeout"),
+    "max_attempts": ("budget", "max_initial_attempts"),
+    "max_outage": ("budget", "max_outage"),
+}
+
+
+def flat_option_names() -> list[str]:
+    return list(_FLAT)
+
+
+def build_config(
+    profile: str = "live",
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> UplinkConfig:
+    """Profile, then ECHOPANEL_<NAME> environment variables, then explicit overrides."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
+    config = PROFILES[profile]
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    for name in _FLAT:
+        raw = env.get(f"ECHOPANEL_{name.upper()}")
+        if raw is not None and raw != "":
+            merged[name] = raw
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            merged[name] = value
+    for name, value in merged.items():
+        if name not in _FLAT:
+            raise ValueError(f"unknown uplink option {name!r}")
+        config = _set(config, name, value)
+    return config
+
+
+def _set(config: UplinkConfig, name: str, value: Any) -> UplinkConfig:
+    section, attr = _FLAT[name]
+    target: Any = config if section is None else getattr(config, section)
+    current = getattr(target, attr)
+    if isinstance(value, str):
+        if value.lower() in ("none", "never", "inf") and attr in ("max_outage",):
+            value = None
+        elif isinstance(current, bool):
+            value = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, int):
+            value = int(value)
+        else:
+            value = float(value)
+    updated = replace(target, **{attr: value})
+    return updated if section is None else replace(config, **{section: updated})

@@ -1,0 +1,473 @@
+"""The sans-I/O uplink: events in, actions out; time and randomness are inputs.
+
+The asyncio layer (uplink/client.py) owns the socket and the sleeps. It calls one event
+method per thing that happened, passing `now`, and carries out the actions returned, in
+order. Nothing here blocks, sleeps, reads a clock or touches a socket, so every behaviour —
+handshake, window, acks, end of stream, reconnection, backoff, breaker, deadlines, resume
+and gap reporting — is tested by feeding events (tests/uplink/test_core.py).
+
+    IDLE ─start─► CONNECTING ─opened─► HANDSHAKING ─welcome─► STREAMING ─ended─► DONE
+                      ▲                     │                     │
+                      │ retry due           │ lost / timeout      │ lost / timeout
+                      └──── WAITING ◄───────┴─────────────────────┘
+                 any state ─fatal / budget spent─► FAILED
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+
+from uplink import wire
+from uplink.audio import AudioFormat
+from uplink.config import UplinkConfig
+from uplink.errors import (
+    ConnectionDropped,
+    FatalError,
+    HandshakeRefused,
+    LinkDead,
+    LocalProtocolError,
+    RetriableError,
+    RetryBudgetExhausted,
+    ServerProtocolError,
+    UplinkError,
+    error_for_close,
+)
+from uplink.policy import Backoff, BreakerState, CircuitBreaker, RetryBudget
+from uplink.ring import AudioRun, RingBuffer
+
+
+class State(Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    HANDSHAKING = "handshaking"
+    STREAMING = "streaming"
+    WAITING = "waiting"  # backing off before the next attempt
+    DONE = "done"
+    FAILED = "failed"
+
+
+# -- what the application sees ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    """disconnected / connecting / connected / reconnecting(attempt, next retry) / failed."""
+
+    name: str
+    attempt: int = 0
+    retry_at: float | None = None
+    reason: str = ""
+
+    def describe(self, now: float) -> str:
+        if self.name == "reconnecting" and self.retry_at is not None:
+            wait = max(0.0, self.retry_at - now)
+            return f"reconnecting (attempt {self.attempt}, next try in {wait:.1f} s): {self.reason}"
+        if self.name == "failed":
+            return f"failed: {self.reason}"
+        return self.name
+
+
+@dataclass(slots=True)
+class Counters:
+    frames_sent: int = 0
+    frames_replayed: int = 0
+    messages_sent: int = 0
+    reconnects: int = 0
+    connections: int = 0
+    acked_seq: int = 0  # next_seq of the last ack (everything below is durable)
+    acked_sample: int = 0
+    recovery_times: list[float] = field(default_factory=list)
+
+
+# -- actions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenConnection:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SendText:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendBinary:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Drop the current connection; the core already moved on (no further event needed)."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    state: ConnectionState
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The server acked end-of-stream: everything is durable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: FatalError
+
+
+Action = OpenConnection | SendText | SendBinary | CloseConnection | StateChanged | Finished | Failed
+
+
+class UplinkCore:
+    def __init__(
+        self,
+        ring: RingBuffer,
+        stream_id: str,
+        config: UplinkConfig,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ring = ring
+        self.stream_id = stream_id
+        self.format: AudioFormat = ring.format
+        self.config = config
+        self.state = State.IDLE
+        self.backoff = Backoff(config.backoff, rng or random.Random())
+        self.breaker = CircuitBreaker(config.breaker)
+        self.budget = RetryBudget(config.budget)
+        self.counters = Counters()
+        self.epoch: int | None = None
+        self.credential: str | None = None
+        self.public = ConnectionState("disconnected")
+        self.error: FatalError | None = None
+        self.last_error: UplinkError | None = None
+        # per-connection state
+        self._send_seq = 0  # next seq to send on this connection
+        self._window = config.window_frames
+        self._max_payload = config.max_coalesce_bytes
+        self._end_sent = False
+        self._carried_audio = False  # this connection advanced an ack or answered a ping
+        self._ack_deadline: float | None = None
+        self._ping_at: float | None = None
+        self._pong_deadline: float | None = None
+        self._handshake_deadline: float | None = None
+        self._retry_at: float | None = None
+        self._lost_at: float | None = None
+        self._replay_until = 0  # seqs below this were sent on an earlier connection
+        self._highest_sent = 0
+
+    # -- events ---------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        self._expect(State.IDLE)
+        return self._attempt(now)
+
+    def connection_opened(self, now: float) -> list[Action]:
+        """TCP and the WebSocket upgrade succeeded: say hello (§2)."""
+        self._expect(State.CONNECTING)
+        self.state = State.HANDSHAKING
+        self._handshake_deadline = now + self.config.handshake_timeout
+        resume = None
+        if self.epoch is not None and self.credential is not None:
+            resume = wire.Resume(self.epoch, self.credential)
+        hello = wire.Hello(self.stream_id, self.format, self.ring.frame_samples, resume)
+        return [SendText(wire.encode_control(hello))]
+
+    def connection_failed(self, error: UplinkError, now: float) -> list[Action]:
+        """Opening failed (refused, DNS, timeout, HTTP status on the upgrade)."""
+        self._expect(State.CONNECTING)
+        return self._link_failed(error, now)
+
+    def connection_closed(self, code: int | None, reason: str, now: float) -> list[Action]:
+        """The open connection ended (close frame received, or abnormal closure)."""
+        if self.state not in (State.HANDSHAKING, State.STREAMING):
+            return []  # we had already dropped it ourselves
+        return self._link_failed(error_for_close(code, reason), now)
+
+    def text_received(self, text: str, now: float) -> list[Action]:
+        if self.state not in (State.HANDSHAKING, State.STREAMING):
+            return []
+        try:
+            msg = wire.decode_control(text)
+        except wire.WireError as e:
+            return self._fail(ServerProtocolError(f"server sent a bad message: {e}"), now)
+        self._pong_deadline = None  # anything received proves the link is alive
+        if self.state is State.HANDSHAKING:
+            if not isinstance(msg, wire.Welcome):
+                return self._fail(ServerProtocolError(f"expected welcome, got {msg!r}"), now)
+            return self._on_welcome(msg, now)
+        match msg:
+            case wire.Ack():
+                return self._on_ack(msg, now)
+            case wire.Pong():
+                self._mark_healthy()
+                self._schedule_ping(now)
+                return self._pump(now)
+            case wire.Ended():
+                return self._on_ended(msg, now)
+            case _:
+                return self._fail(ServerProtocolError(f"unexpected message {msg!r}"), now)
+
+    def data_available(self, now: float) -> list[Action]:
+        """The ring got new frames (or was closed): send what the window allows."""
+        if self.state is State.STREAMING:
+            return self._pump(now)
+        return []
+
+    def tick(self, now: float) -> list[Action]:
+        """A deadline passed (the I/O layer calls this at `next_deadline()`)."""
+        if self.state is State.WAITING:
+            if self._retry_at is not None and now >= self._retry_at:
+                return self._attempt(now)
+            return []
+        if self.state is State.HANDSHAKING:
+            if self._handshake_deadline is not None and now >= self._handshake_deadline:
+                return self._drop(LinkDead("no welcome within the handshake timeout"), now)
+            return []
+        if self.state is not State.STREAMING:
+            return []
+        if self._ack_deadline is not None and now >= self._ack_deadline:
+            what = "ended" if self._end_sent and self._in_flight() == 0 else "ack"
+            return self._drop(LinkDead(f"no {what} within the deadline: link is dead"), now)
+        if self._pong_deadline is not None and now >= self._pong_deadline:
+            return self._drop(LinkDead("no pong within the heartbeat timeout"), now)
+        if self._ping_at is not None and now >= self._ping_at and self._in_flight() == 0:
+            self._ping_at = None
+            self._pong_deadline = now + self.config.heartbeat_timeout
+            return [SendText(wire.encode_control(wire.Ping(now)))]
+        return []
+
+    def next_deadline(self) -> float | None:
+        """When `tick` must next be called (None: only on events)."""
+        match self.state:
+            case State.WAITING:
+                return self._retry_at
+            case State.HANDSHAKING:
+                return self._handshake_deadline
+            case State.STREAMING:
+                candidates = [self._ack_deadline, self._pong_deadline]
+                if self._in_flight() == 0:
+                    candidates.append(self._ping_at)
+                live = [t for t in candidates if t is not None]
+                return min(live) if live else None
+        return None
+
+    def stop(self, now: float, reason: str) -> list[Action]:
+        """Give up now (the user insisted): fail with `reason`, keep the audio."""
+        if self.state in (State.DONE, State.FAILED):
+            return []
+        return self._fail(RetryBudgetExhausted(reason), now)
+
+    # -- derived state --------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight()
+
+    def _in_flight(self) -> int:
+        return self._send_seq - self.counters.acked_seq if self.state is State.STREAMING else 0
+
+    # -- handshake, acks, end (§2, §4, §6) ----------------------------------------------
+
+    def _on_welcome(self, msg: wire.Welcome, now: float) -> list[Action]:
+        if msg.stream_id != self.stream_id:
+            return self._fail(ServerProtocolError("welcome names another stream"), now)
+        if self.epoch is not None and msg.epoch != self.epoch:
+            return self._fail(ServerProtocolError("server changed the stream's epoch"), now)
+        first = self.ring.first_seq()
+        if msg.next_seq < first:
+            return self._fail(
+                ServerProtocolError(
+                    f"server needs seq {msg.next_seq} but acknowledged up to {first}: "
+                    "it lost acknowledged audio"
+                ),
+                now,
+            )
+        if msg.next_seq > self.ring.tail_seq:
+            return self._fail(ServerProtocolError("server claims frames never sent"), now)
+        self.epoch, self.credential = msg.epoch, msg.credential
+        first_connection = self.counters.connections == 0
+        self.counters.connections += 1
+        if not first_connection:
+            self.counters.reconnects += 1
+        if self._lost_at is not None:
+            self.counters.recovery_times.append(now - self._lost_at)
+            self._lost_at = None
+        self.budget.connected()
+        self._apply_ack(msg.next_seq, msg.next_sample)
+        self._send_seq = msg.next_seq
+        self._end_sent = False
+        self._carried_audio = False
+        self._window = max(1, min(self.config.window_frames, msg.max_inflight_frames))
+        self._max_payload = min(
+            self.config.max_coalesce_bytes, msg.max_message_bytes - wire.HEADER_SIZE
+        )
+        self._handshake_deadline = None
+        self._ack_deadline = None
+        self._pong_deadline = None
+        self.state = State.STREAMING
+        actions: list[Action] = [self._publish(ConnectionState("connected"))]
+        if msg.finalized and not (self.ring.closed and msg.next_seq == self.ring.tail_seq):
+            return actions + self._fail(
+                _finalized_error(msg.next_seq, self.ring.tail_seq), now
+            )
+        self._schedule_ping(now)
+        return actions + self._pump(now)
+
+    def _on_ack(self, msg: wire.Ack, now: float) -> list[Action]:
+        if msg.next_seq > self._send_seq:
+            return self._fail(ServerProtocolError("ack beyond what was sent"), now)
+        if msg.next_seq > self.counters.acked_seq:
+            self._apply_ack(msg.next_seq, msg.next_sample)
+            self._mark_healthy()
+            if self._in_flight():
+                self._ack_deadline = now + self.config.ack_timeout
+            elif self._end_sent:
+                self._ack_deadline = now + self.config.end_timeout
+            else:
+                self._ack_deadline = None
+        self._schedule_ping(now)
+        return self._pump(now)
+
+    def _apply_ack(self, next_seq: int, next_sample: int) -> None:
+        self.ring.ack(next_seq, next_sample)
+        self.counters.acked_seq = max(self.counters.acked_seq, next_seq)
+        self.counters.acked_sample = max(self.counters.acked_sample, next_sample)
+
+    def _on_ended(self, msg: wire.Ended, now: float) -> list[Action]:
+        if not self._end_sent or msg.next_seq != self.ring.tail_seq:
+            return self._fail(ServerProtocolError("unexpected ended"), now)
+        self._apply_ack(msg.next_seq, msg.next_sample)
+        self.state = State.DONE
+        return [self._publish(ConnectionState("done")), Finished()]
+
+    def _pump(self, now: float) -> list[Action]:
+        """Send runs from the ring while the window allows; then `end` if input is over."""
+        actions: list[Action] = []
+        epoch = self.epoch or 0
+        while self.state is State.STREAMING and not self._end_sent:
+            room = self._window - self._in_flight()
+            if room <= 0:
+                break
+            run = self.ring.read(self._send_seq, room, self._max_payload)
+            if run is None:
+                if self.ring.closed and self._send_seq == self.ring.tail_seq:
+                    end = wire.End(self.ring.tail_seq, self.ring.next_sample)
+                    actions.append(SendText(wire.encode_control(end)))
+                    self._end_sent = True
+                    self._arm_ack_deadline(now, self.config.end_timeout)
+                break
+            if isinstance(run, AudioRun):
+                data = wire.encode_audio(epoch, run.seq, run.sample_pos, run.count, run.payload)
+                self.counters.frames_sent += run.count
+            else:
+                data = wire.encode_gap(epoch, run.seq, run.sample_pos, run.count, run.end_sample)
+            replayed = min(run.seq + run.count, self._highest_sent) - run.seq
+            if replayed > 0:
+                self.counters.frames_replayed += replayed
+            self._highest_sent = max(self._highest_sent, run.seq + run.count)
+            self._send_seq = run.seq + run.count
+            self.counters.messages_sent += 1
+            actions.append(SendBinary(data))
+            self._arm_ack_deadline(now, self.config.ack_timeout)
+        return actions
+
+    def _arm_ack_deadline(self, now: float, timeout: float) -> None:
+        if self._ack_deadline is None:
+            self._ack_deadline = now + timeout
+        self._ping_at = None
+        self._pong_deadline = None
+
+    def _schedule_ping(self, now: float) -> None:
+        if self._in_flight() == 0 and not self._end_sent:
+            self._ping_at = now + self.config.heartbeat_interval
+
+    def _mark_healthy(self) -> None:
+        """The link demonstrably works: reset backoff, feed the breaker (once per link)."""
+        if not self._carried_audio:
+            self._carried_audio = True
+            self.backoff.reset()
+        self.breaker.record_success()
+
+    # -- failure and reconnection (research note §1) -------------------------------------
+
+    def _drop(self, error: RetriableError, now: float) -> list[Action]:
+        """We decided the link is dead: close it ourselves and schedule a retry."""
+        return [CloseConnection(1001, str(error)[:120])] + self._link_failed(error, now)
+
+    def _link_failed(self, error: UplinkError, now: float) -> list[Action]:
+        self.last_error = error
+        if isinstance(error, FatalError):
+            return self._fail(error, now)
+        assert isinstance(error, RetriableError)
+        self.budget.link_lost(now)
+        if self._lost_at is None:
+            self._lost_at = now
+        self._ack_deadline = self._pong_deadline = self._ping_at = None
+        self._handshake_deadline = None
+        if error.escalate:
+            self.budget.attempt_failed()
+            self.breaker.record_failure(now)
+            steps = 2 if isinstance(error, ConnectionDropped) and error.code == 1013 else 1
+            delay = self.backoff.next_delay(steps)
+        else:
+            delay = self.backoff.soon_delay()
+        spent = self.budget.exhausted(now)
+        if spent is not None:
+            return self._fail(RetryBudgetExhausted(f"{spent}; last error: {error}"), now)
+        retry_at = now + delay
+        until = self.breaker.open_until
+        if until is not None:
+            retry_at = max(retry_at, until)
+        self._retry_at = retry_at
+        self.state = State.WAITING
+        attempt = max(1, self.backoff.attempt)
+        reason = str(error)
+        if self.breaker.state is BreakerState.OPEN:
+            reason += " [circuit open]"
+        return [self._publish(ConnectionState("reconnecting", attempt, retry_at, reason))]
+
+    def _attempt(self, now: float) -> list[Action]:
+        if not self.breaker.allow(now):
+            until = self.breaker.open_until
+            self._retry_at = until if until is not None else now
+            self.state = State.WAITING
+            return []
+        self.state = State.CONNECTING
+        self._retry_at = None
+        return [self._publish(ConnectionState("connecting", self.backoff.attempt)), OpenConnection()]
+
+    def _fail(self, error: FatalError, now: float) -> list[Action]:
+        del now
+        prior = self.state
+        self.state = State.FAILED
+        self.error = error
+        self.ring.abort()  # wake a producer waiting for space; the audio stays in the ring
+        actions: list[Action] = []
+        if prior in (State.HANDSHAKING, State.STREAMING):
+            code = 1002 if isinstance(error, ServerProtocolError) else 1000
+            actions.append(CloseConnection(code, str(error)[:120]))
+        actions += [self._publish(ConnectionState("failed", reason=str(error))), Failed(error)]
+        return actions
+
+    def _publish(self, state: ConnectionState) -> StateChanged:
+        self.public = state
+        return StateChanged(state)
+
+    def _expect(self, *states: State) -> None:
+        if self.state not in states:
+            names = ", ".join(s.name for s in states)
+            raise LocalProtocolError(f"event not allowed in state {self.state.name} (needs {names})")
+
+
+def _finalized_error(next_seq: int, tail: int) -> FatalError:
+    return HandshakeRefused(
+        f"stream was already finalized by the server (it holds {next_seq} of {tail} frames)",
+        code=wire.CloseCode.STREAM_FINALIZED,
+    )

@@ -1,0 +1,104 @@
+"""The uplink's exception hierarchy: retriable versus fatal is a type, not a string.
+
+    UplinkError
+    ├── RetriableError          the uplink reconnects (backoff, breaker)
+    │   ├── ConnectFailed       refused, reset, DNS, timeout, HTTP 5xx on the upgrade
+    │   ├── ConnectionDropped   the link closed with a retriable code, or abnormally
+    │   └── LinkDead            no ack / no pong within the deadline (zombie link)
+    └── FatalError              the uplink stops, says why, and keeps the buffered audio
+        ├── HandshakeRefused    HTTP 401/403/404 on the upgrade, or a fatal close code
+        ├── ServerProtocolError the server broke protocol v1 (or lost acknowledged audio)
+        └── RetryBudgetExhausted gave up after the configured attempts / outage time
+
+The asyncio layer translates socket and websockets exceptions into these at the boundary
+(``raise ConnectFailed(...) from e``) so the sans-I/O core only ever sees this hierarchy.
+"""
+
+from __future__ import annotations
+
+from uplink.wire import CloseCode, Retry, retry_for_close
+
+
+class UplinkError(Exception):
+    """Base class of everything the uplink raises or reports."""
+
+
+class RetriableError(UplinkError):
+    """The link failed in a way that reconnecting can fix."""
+
+    #: escalate backoff (True) or reconnect soon with a small jittered delay (False)
+    escalate: bool = True
+
+
+class FatalError(UplinkError):
+    """Reconnecting cannot fix this; the user must act."""
+
+
+class ConnectFailed(RetriableError):
+    """Opening the connection failed (refused, reset, DNS, timeout, HTTP 5xx)."""
+
+
+class ConnectionDropped(RetriableError):
+    """An established connection closed with a retriable code or without a close frame."""
+
+    def __init__(self, message: str, code: int | None = None, escalate: bool = True) -> None:
+        super().__init__(message)
+        self.code = code
+        self.escalate = escalate
+
+
+class LinkDead(RetriableError):
+    """Zombie link: no ack or pong within its deadline (docs/protocol.md §8)."""
+
+
+class HandshakeRefused(FatalError):
+    """The server refused us for good: HTTP 401/403/404 or a fatal close code."""
+
+    def __init__(self, message: str, code: int | None = None, http_status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.http_status = http_status
+
+
+class ServerProtocolError(FatalError):
+    """The server sent something protocol v1 does not allow."""
+
+
+class RetryBudgetExhausted(FatalError):
+    """The retry budget (attempts before the first connection, or outage time) ran out."""
+
+
+class LocalProtocolError(RuntimeError):
+    """The core was driven through an illegal transition (a bug in the I/O layer)."""
+
+
+def error_for_close(code: int | None, reason: str) -> UplinkError:
+    """Classify a WebSocket close (docs/protocol.md §7)."""
+    name = _close_name(code)
+    text = f"server closed the connection: {name}" + (f" ({reason})" if reason else "")
+    match retry_for_close(code):
+        case Retry.FATAL:
+            return HandshakeRefused(text, code=code)
+        case Retry.SOON:
+            return ConnectionDropped(text, code=code, escalate=False)
+        case _:
+            return ConnectionDropped(text, code=code, escalate=True)
+
+
+def error_for_http_status(status: int, detail: str = "") -> UplinkError:
+    """Classify an HTTP answer to the upgrade request."""
+    text = f"server answered the WebSocket upgrade with HTTP {status}" + (
+        f": {detail}" if detail else ""
+    )
+    if status >= 500 or status == 429:
+        return ConnectFailed(text)
+    return HandshakeRefused(text, http_status=status)
+
+
+def _close_name(code: int | None) -> str:
+    if code is None:
+        return "no close frame (abnormal closure)"
+    try:
+        return f"{code} {CloseCode(code).name.lower().replace('_', ' ')}"
+    except ValueError:
+        return str(code)
