@@ -14,8 +14,9 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -142,7 +143,10 @@ class UplinkClient:
         """Stream until the server acked end-of-stream, or a fatal error."""
         loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
-        self.ring.on_data = lambda: loop.call_soon_threadsafe(self._on_ring_data)
+        def wake() -> None:
+            loop.call_soon_threadsafe(self._on_ring_data)
+
+        self.ring.on_data = wake
         self._spawn(self._writer())
         self._spawn(self._timer())
         try:
@@ -160,8 +164,8 @@ class UplinkClient:
         """Stop now (e.g. a second Ctrl-C): fail with `reason`; the ring keeps the audio."""
         self._execute(self.core.stop(self.clock(), reason))
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -55,9 +55,11 @@ PROFILES: dict[str, UplinkConfig] = {
     ),
 }
 
+_SECTIONS = ("backoff", "breaker", "budget")
+
 # Flat names for flags and ECHOPANEL_* environment variables → (section, field).
 _FLAT: dict[str, tuple[str | None, str]] = {
-    **{f.name: (None, f.name) for f in fields(UplinkConfig) if f.name not in ("backoff", "breaker", "budget")},
+    **{f.name: (None, f.name) for f in fields(UplinkConfig) if f.name not in _SECTIONS},
     "backoff_base": ("backoff", "base"),
     "backoff_cap": ("backoff", "cap"),
     "backoff_multiplier": ("backoff", "multiplier"),

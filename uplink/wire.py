@@ -284,7 +284,7 @@ def _num(obj: dict[str, Any], key: str) -> float:
     v = obj.get(key)
     if type(v) not in (int, float):
         raise WireError(f"{obj.get('type')}.{key} must be a number")
-    return float(v)
+    return float(v)  # type: ignore[arg-type]
 
 
 def _str(obj: dict[str, Any], key: str, max_len: int = 256) -> str:
