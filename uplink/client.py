@@ -1,7 +1,7 @@
 """The asyncio layer around the sans-I/O core: it moves bytes and keeps time, nothing more.
 
-One task per job: a connection task (open, then read), a writer task (sends in order), and a
-timer task (calls `core.tick` at `core.next_deadline()`). Ring wake-ups arrive from the
+One task per job: a connection task (open, then read) and a writer task (sends in order);
+one loop timer calls `core.tick` at `core.next_deadline()`. Ring wake-ups arrive from the
 capture thread through `loop.call_soon_threadsafe`. Every core call happens on the event loop
 thread, so the core needs no locks. Each connection has a generation number: events from a
 connection the core already dropped are ignored.
@@ -104,7 +104,9 @@ class UplinkClient:
         self._gen = 0
         self._outgoing: deque[str | bytes] = deque()
         self._send_ready = asyncio.Event()
-        self._timer_changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
         self._finished: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -141,14 +143,13 @@ class UplinkClient:
 
     async def run(self) -> UplinkResult:
         """Stream until the server acked end-of-stream, or a fatal error."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
         def wake() -> None:
             loop.call_soon_threadsafe(self._on_ring_data)
 
         self.ring.on_data = wake
         self._spawn(self._writer())
-        self._spawn(self._timer())
         try:
             self._execute(self.core.start(self.clock()))
             await self._finished
@@ -170,6 +171,8 @@ class UplinkClient:
         task.add_done_callback(self._tasks.discard)
 
     async def _shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         ws, self._ws = self._ws, None
         if ws is not None:
             with contextlib.suppress(Exception):
@@ -203,7 +206,7 @@ class UplinkClient:
                 case Finished() | Failed():
                     if self._finished is not None and not self._finished.done():
                         self._finished.set_result(None)
-        self._timer_changed.set()
+        self._rearm_timer()
 
     def _close_current(self, code: int, reason: str) -> None:
         self._gen += 1  # whatever that connection still reports is stale
@@ -283,19 +286,23 @@ class UplinkClient:
                         self._outgoing.clear()
                     break
 
-    async def _timer(self) -> None:
-        while True:
-            deadline = self.core.next_deadline()
-            self._timer_changed.clear()
-            if deadline is None:
-                await self._timer_changed.wait()
-                continue
-            delay = deadline - self.clock()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._timer_changed.wait(), delay)
-                continue
-            self._execute(self.core.tick(self.clock()))
+    def _rearm_timer(self) -> None:
+        """One loop timer at the core's next deadline (re-armed after every event)."""
+        deadline = self.core.next_deadline()
+        if deadline == self._timer_deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None and self._loop is not None:
+            delay = max(0.0, deadline - self.clock())
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        self._execute(self.core.tick(self.clock()))
 
 
 async def _close_quietly(ws: ClientConnection, code: int, reason: str) -> None:
