@@ -53,7 +53,10 @@ def microphone_available() -> str | None:
 def start_server(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "ingest_server", "--host", "127.0.0.1", "--port", str(port),
            "--data-dir", str(data_dir)]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    log_path = data_dir.parent / "ingest-server.log"
+    print(f"[demo] server log: {log_path}")
+    with open(log_path, "a") as log:
+        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     assert server.stdout is not None
     for line in server.stdout:
         print(f"[demo] server: {line.rstrip()}")

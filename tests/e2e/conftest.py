@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.support.server import IngestServer
+from tools.ingest_process import IngestServer
 
 
 @pytest.fixture

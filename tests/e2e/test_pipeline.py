@@ -12,7 +12,7 @@ import pytest
 
 from capture.wav_source import bundled_recording
 from tests.e2e.conftest import stored_equals_source, write_clip
-from tests.support.server import IngestServer
+from tools.ingest_process import IngestServer
 
 
 def run_capture(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
