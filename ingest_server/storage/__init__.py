@@ -1,0 +1,19 @@
+"""Durable per-stream storage: journal, metadata, WAV export (docs/storage.md)."""
+
+from .journal import Gap, Journal, JournalError, Position
+from .store import StorageError, Store, StreamMeta, is_valid_stream_id, utc_now
+from .wav import JournalWav, wav_size
+
+__all__ = [
+    "Gap",
+    "Journal",
+    "JournalError",
+    "JournalWav",
+    "Position",
+    "StorageError",
+    "Store",
+    "StreamMeta",
+    "is_valid_stream_id",
+    "utc_now",
+    "wav_size",
+]

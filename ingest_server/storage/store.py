@@ -1,0 +1,226 @@
+"""On-disk layout of the data directory (docs/storage.md).
+
+    DATA/streams/<stream_id>/journal.bin   append-only records (journal.py), while open
+    DATA/streams/<stream_id>/meta.json     identity, format, credential hash, state, totals
+    DATA/streams/<stream_id>/audio.wav     written at finalization (gaps as silence)
+
+Every whole-file write is atomic (tmp + fsync + rename + fsync dir), so a crash leaves either
+the old or the new version. Stream ids are checked against a strict pattern before they
+become a path, so no id can escape the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from uplink.audio import AudioFormat
+
+from .journal import FILE_MAGIC, Gap, Journal, JournalError, Position
+from .wav import JournalWav, fsync_dir, write_file_atomic
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "journal.bin"
+META = "meta.json"
+AUDIO = "audio.wav"
+META_VERSION = 1
+STREAM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class StorageError(Exception):
+    """The data directory cannot be used; the message says which and why."""
+
+
+def is_valid_stream_id(stream_id: str) -> bool:
+    """§1 pattern, minus '..' (harmless inside one path component, but never worth allowing)."""
+    return STREAM_ID_RE.fullmatch(stream_id) is not None and ".." not in stream_id
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True)
+class StreamMeta:
+    """meta.json. Totals and gaps are authoritative once finalized; while open the journal is."""
+
+    stream_id: str
+    format: AudioFormat
+    frame_samples: int
+    epoch: int
+    credential_sha256: str
+    created: str
+    state: str = "open"  # open | finalized
+    end_reason: str | None = None  # ended | expired
+    ended: str | None = None
+    next_seq: int = 0
+    next_sample: int = 0
+    frames: int = 0
+    gaps: list[Gap] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": META_VERSION,
+            "stream_id": self.stream_id,
+            "format": self.format.to_json(),
+            "frame_samples": self.frame_samples,
+            "epoch": self.epoch,
+            "credential_sha256": self.credential_sha256,
+            "created": self.created,
+            "ended": self.ended,
+            "state": self.state,
+            "end_reason": self.end_reason,
+            "next_seq": self.next_seq,
+            "next_sample": self.next_sample,
+            "frames": self.frames,
+            "gaps": [g.to_json() for g in self.gaps],
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> StreamMeta:
+        try:
+            if obj["version"] != META_VERSION:
+                raise ValueError(f"meta version {obj['version']!r} not supported")
+            return cls(
+                stream_id=str(obj["stream_id"]),
+                format=AudioFormat.from_json(obj["format"]),
+                frame_samples=int(obj["frame_samples"]),
+                epoch=int(obj["epoch"]),
+                credential_sha256=str(obj["credential_sha256"]),
+                created=str(obj["created"]),
+                ended=obj.get("ended"),
+                state=str(obj["state"]),
+                end_reason=obj.get("end_reason"),
+                next_seq=int(obj["next_seq"]),
+                next_sample=int(obj["next_sample"]),
+                frames=int(obj["frames"]),
+                gaps=[Gap(**g) for g in obj["gaps"]],
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed meta.json: {e!r}") from e
+
+
+class Store:
+    def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
+        self.root = Path(data_dir)
+        self.streams_dir = self.root / "streams"
+        self.fsync = fsync
+
+    def check_writable(self) -> None:
+        """Fail at start-up, with the path in the message, rather than on the first stream."""
+        probe = self.streams_dir / ".write-probe"
+        try:
+            self.streams_dir.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+                os.fsync(f.fileno())
+            probe.unlink()
+        except OSError as e:
+            raise StorageError(f"data dir {self.root} is not writable: {e}") from e
+
+    def stream_dir(self, stream_id: str) -> Path:
+        if not is_valid_stream_id(stream_id):
+            raise ValueError(f"invalid stream id {stream_id!r}")
+        return self.streams_dir / stream_id
+
+    def journal_path(self, stream_id: str) -> Path:
+        return self.stream_dir(stream_id) / JOURNAL
+
+    def wav_path(self, stream_id: str) -> Path:
+        return self.stream_dir(stream_id) / AUDIO
+
+    def create(self, meta: StreamMeta) -> Journal:
+        """Make the stream durable (journal, meta, directory entry) before its welcome (§2).
+
+        Raises FileExistsError if the directory exists (the id is taken, §2 → 4409).
+        """
+        d = self.stream_dir(meta.stream_id)
+        d.mkdir()
+        journal = Journal.create(d / JOURNAL, fsync=self.fsync)
+        try:
+            self.write_meta(meta)
+            if self.fsync:
+                fsync_dir(self.streams_dir)
+        except BaseException:
+            journal.close()
+            raise
+        return journal
+
+    def write_meta(self, meta: StreamMeta) -> None:
+        body = json.dumps(meta.to_json(), indent=1).encode() + b"\n"
+        write_file_atomic(self.stream_dir(meta.stream_id) / META, iter([body]), fsync=self.fsync)
+
+    def finalize(self, meta: StreamMeta, journal: Journal) -> None:
+        """WAV first, then meta (the commit point), then drop the journal (docs/storage.md).
+
+        `meta` already carries the final state and totals. A crash before the meta rename
+        leaves an open stream whose WAV is rewritten when it is finalized again.
+        """
+        d = self.stream_dir(meta.stream_id)
+        write_file_atomic(d / AUDIO, JournalWav(d / JOURNAL, meta.format, journal.position),
+                          fsync=self.fsync)
+        self.write_meta(meta)  # committed: from here on, failures only leave litter
+        journal.close()
+        try:
+            (d / JOURNAL).unlink()
+            if self.fsync:
+                fsync_dir(d)
+        except OSError as e:  # recovery removes a finalized stream's leftover journal
+            log.warning("%s: cannot remove the journal after finalizing: %s", d, e)
+
+    def open_wav(self, meta: StreamMeta, upto: Position) -> JournalWav:
+        """A WAV of an open stream's journal up to `upto` (its durable position)."""
+        return JournalWav(self.journal_path(meta.stream_id), meta.format, upto)
+
+    def recover(self) -> list[tuple[StreamMeta, Journal | None]]:
+        """Every stream on disk; open ones come with their recovered journal."""
+        self.streams_dir.mkdir(parents=True, exist_ok=True)
+        found: list[tuple[StreamMeta, Journal | None]] = []
+        for d in sorted(self.streams_dir.iterdir()):
+            if not d.is_dir():
+                continue
+            if not is_valid_stream_id(d.name):
+                log.warning("ignoring %s: not a valid stream id", d)
+                continue
+            try:
+                item = self._recover_one(d)
+            except (OSError, ValueError) as e:
+                # One damaged stream must not keep the server (and every other stream) down.
+                log.error("cannot recover stream %s, skipping it: %s", d.name, e)
+                continue
+            if item is not None:
+                found.append(item)
+        return found
+
+    def _recover_one(self, d: Path) -> tuple[StreamMeta, Journal | None] | None:
+        for tmp in d.glob("*.tmp"):
+            tmp.unlink()  # an atomic write that never reached its rename
+        if not (d / META).exists():
+            self._remove_unborn(d)
+            return None
+        meta = StreamMeta.from_json(json.loads((d / META).read_text()))
+        if meta.stream_id != d.name:
+            raise ValueError(f"meta.json names stream {meta.stream_id!r}")
+        if meta.state == "finalized":
+            if (d / JOURNAL).exists():  # crashed between the meta commit and the unlink
+                (d / JOURNAL).unlink()
+            return meta, None
+        if not (d / JOURNAL).exists():
+            raise JournalError(f"{d / JOURNAL} is missing")
+        return meta, Journal.open(d / JOURNAL, meta.format.block_align, fsync=self.fsync)
+
+    def _remove_unborn(self, d: Path) -> None:
+        """A crash during creation, before meta.json: no welcome was sent, nothing acked."""
+        journal = d / JOURNAL
+        if journal.exists() and journal.stat().st_size > len(FILE_MAGIC):
+            raise JournalError(f"{d} has journal records but no meta.json")
+        log.warning("removing %s: stream creation did not complete", d)
+        shutil.rmtree(d)

@@ -1,0 +1,1 @@
+"""Tests of the ingest server: storage and sessions in-process, the protocol against the real server."""
