@@ -99,6 +99,8 @@ class UplinkClient:
         self.clock = clock
         self.core = UplinkCore(ring, stream_id, config, rng)
         self._listeners: list[Callable[[ConnectionState], None]] = []
+        #: called with the new acked seq (everything below is durable) whenever it advances
+        self.on_ack: Callable[[int], None] | None = None
         self._queues: list[asyncio.Queue[ConnectionState]] = []
         self._ws: ClientConnection | None = None
         self._gen = 0
@@ -254,7 +256,10 @@ class UplinkClient:
                 if gen != self._gen:
                     return
                 if isinstance(message, str):
+                    acked = self.core.counters.acked_seq
                     self._execute(self.core.text_received(message, self.clock()))
+                    if self.on_ack is not None and self.core.counters.acked_seq != acked:
+                        self.on_ack(self.core.counters.acked_seq)
         except ConnectionClosed as e:
             if e.rcvd is not None:
                 code, reason = e.rcvd.code, e.rcvd.reason

@@ -32,7 +32,9 @@ class UplinkConfig:
 
 
 PROFILES: dict[str, UplinkConfig] = {
-    "live": UplinkConfig(),
+    # a short open timeout: a breaker that holds a live stream off for 30 s costs 30 s of
+    # buffer; 10 s matches the backoff cap
+    "live": UplinkConfig(breaker=BreakerConfig(open_timeout=10.0)),
     # research note §5, development column
     "development": UplinkConfig(
         buffer_seconds=60.0,
