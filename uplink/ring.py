@@ -281,6 +281,17 @@ class RingBuffer:
             payload = bytes(self._view[start : start + length])
             return AudioRun(from_seq, count, pos, payload)
 
+    def latest_audio(self) -> bytes:
+        """A copy of the newest audio frame (for level meters: read off the audio path)."""
+        with self._lock:
+            for seq in range(self._tail - 1, max(self._head, self._tail - 4) - 1, -1):
+                slot = seq % self.slots
+                if self._kind[slot] == KIND_AUDIO:
+                    start = slot * self.frame_bytes
+                    n = self._nsamples[slot] * self.format.block_align
+                    return bytes(self._view[start : start + n])
+            return b""
+
     def stats(self) -> RingStats:
         with self._lock:
             held = self._tail - self._head

@@ -176,3 +176,13 @@ def test_concurrent_producer_thread_and_consumer_lose_nothing() -> None:
         ring.ack(seq, seq * 320)
     t.join(5)
     assert b"".join(chunks) == expected
+
+
+def test_latest_audio_for_level_meters() -> None:
+    ring = RingBuffer(MONO16, 320, 1.0)
+    assert ring.latest_audio() == b""
+    ring.push(frame(1))
+    ring.push(frame(2, 64))
+    assert ring.latest_audio() == frame(2, 64)
+    ring.push_gap(100)
+    assert ring.latest_audio() == frame(2, 64)
