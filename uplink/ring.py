@@ -282,9 +282,13 @@ class RingBuffer:
             return AudioRun(from_seq, count, pos, payload)
 
     def latest_audio(self) -> bytes:
-        """A copy of the newest audio frame (for level meters: read off the audio path)."""
+        """A copy of the newest audio frame (for level meters: read off the audio path).
+
+        Acked slots keep their bytes until the ring wraps onto them, so this works whether
+        or not the newest frame was acked already.
+        """
         with self._lock:
-            for seq in range(self._tail - 1, max(self._head, self._tail - 4) - 1, -1):
+            for seq in range(self._tail - 1, max(0, self._tail - 4) - 1, -1):
                 slot = seq % self.slots
                 if self._kind[slot] == KIND_AUDIO:
                     start = slot * self.frame_bytes

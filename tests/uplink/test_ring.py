@@ -186,3 +186,5 @@ def test_latest_audio_for_level_meters() -> None:
     assert ring.latest_audio() == frame(2, 64)
     ring.push_gap(100)
     assert ring.latest_audio() == frame(2, 64)
+    ring.ack(3, 484)
+    assert ring.latest_audio() == frame(2, 64)  # acked, but still the newest audio
