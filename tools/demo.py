@@ -92,6 +92,12 @@ def main() -> int:
             print(f"[demo] {why}: streaming {source_path} at speed {args.speed:g}")
             capture += ["--input", str(source_path), "--speed", str(args.speed)]
         proc = subprocess.run(capture, stdout=subprocess.PIPE, text=True)
+        if mic and proc.returncode != 0 and "stream_id:" not in proc.stdout:
+            source_path = bundled_recording()
+            print(f"[demo] the microphone could not be opened: streaming {source_path} instead")
+            capture = [sys.executable, "-m", "capture", "--server", url, "--input", str(source_path),
+                       "--speed", str(args.speed)]
+            proc = subprocess.run(capture, stdout=subprocess.PIPE, text=True)
         sys.stdout.write("".join(f"[demo] capture: {line}\n" for line in proc.stdout.splitlines()))
         if proc.returncode != 0:
             print(f"[demo] capture failed with status {proc.returncode}")

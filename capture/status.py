@@ -1,0 +1,203 @@
+"""What the user sees while capturing: a live panel, plain state lines, or JSON lines.
+
+- `panel` (stderr is a terminal): one line redrawn ~8 times a second with rich — connection
+  state, an input level meter in dBFS with a clip indicator, buffer fill, acked position,
+  reconnects, replays and drops — with state changes and device events printed above it.
+- `lines` (stderr is not a terminal): one line per state change or event.
+- `quiet`: nothing.
+- `--status-json PATH` (or `-` for stderr) adds machine-readable JSON lines for supervisors:
+  a `status` record every second and one record per state change or event.
+
+All of it runs on the event loop; the level meter reads the newest frame from the ring
+(`RingBuffer.latest_audio`), never from the audio callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from capture.levels import SILENCE_DBFS, Level, measure
+from uplink.client import UplinkClient
+from uplink.core import ConnectionState
+
+METER_WIDTH = 24
+METER_FLOOR_DBFS = -60.0
+CLIP_HOLD_SECONDS = 2.0
+_STATE_STYLE = {
+    "connected": "bold green",
+    "connecting": "yellow",
+    "reconnecting": "bold yellow",
+    "failed": "bold red",
+    "done": "bold cyan",
+    "disconnected": "dim",
+}
+
+
+def meter_bar(dbfs: float, width: int = METER_WIDTH) -> str:
+    fill = (max(METER_FLOOR_DBFS, min(0.0, dbfs)) - METER_FLOOR_DBFS) / -METER_FLOOR_DBFS
+    full = round(fill * width)
+    return "█" * full + "·" * (width - full)
+
+
+def clock_text(seconds: float) -> str:
+    minutes, secs = divmod(max(0.0, seconds), 60)
+    return f"{int(minutes):02d}:{secs:05.2f}"
+
+
+@dataclass
+class StatusReporter:
+    client: UplinkClient
+    mode: str  # panel | lines | quiet
+    json_out: TextIO | None = None
+    err: TextIO | None = None
+    refresh_hz: float = 8.0
+
+    def __post_init__(self) -> None:
+        self._started = time.monotonic()
+        self._phase = "capturing"
+        self._level = Level(SILENCE_DBFS, SILENCE_DBFS, False)
+        self._clip_until = 0.0
+        self._console = Console(file=self.err, stderr=self.err is None, highlight=False)
+        self._live: Live | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.client.on_state(self.on_state)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.mode == "panel":
+            self._live = Live(self._render(), console=self._console, auto_refresh=False,
+                              transient=False)
+            self._live.start()
+        self._task = asyncio.create_task(self._tick())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._sample()
+        self._emit_json("status")
+        if self._live is not None:
+            self._live.update(self._render(), refresh=True)
+            self._live.stop()
+
+    def draining(self) -> None:
+        self._phase = "draining"
+        self.event("capture stopped: delivering what is buffered (Ctrl-C again to quit at once)")
+
+    # -- events (any thread) --------------------------------------------------------------
+
+    def on_state(self, state: ConnectionState) -> None:
+        self._say(state.describe(time.monotonic()), style=_STATE_STYLE.get(state.name, ""))
+        self._emit_json("state", state=state.name, attempt=state.attempt, reason=state.reason)
+
+    def event(self, message: str) -> None:
+        """A note from another thread (e.g. the microphone monitor): marshal to the loop."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self._event, message)
+        else:
+            self._event(message)
+
+    def _event(self, message: str) -> None:
+        self._say(message, style="magenta")
+        self._emit_json("event", message=message)
+
+    def _say(self, message: str, style: str = "") -> None:
+        if self.mode == "quiet":
+            return
+        stamp = f"[{time.monotonic() - self._started:7.2f}s] "
+        if self._live is not None:
+            self._live.console.print(Text(stamp, style="dim") + Text(message, style=style))
+            self._live.update(self._render(), refresh=True)
+        else:
+            self._console.print(stamp + message, markup=False, style=style or None)
+
+    # -- periodic -------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        next_json = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0 / self.refresh_hz)
+            self._sample()
+            if self._live is not None:
+                self._live.update(self._render(), refresh=True)
+            now = time.monotonic()
+            if now >= next_json:
+                self._emit_json("status")
+                next_json = now + 1.0
+
+    def _sample(self) -> None:
+        ring = self.client.ring
+        self._level = measure(ring.latest_audio(), ring.format)
+        if self._level.clipped:
+            self._clip_until = time.monotonic() + CLIP_HOLD_SECONDS
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.client.stats()
+        ring = stats.ring
+        rate = self.client.ring.format.sample_rate
+        now = time.monotonic()
+        retry_in = None
+        if stats.state.retry_at is not None:
+            retry_in = round(max(0.0, stats.state.retry_at - now), 2)
+        return {
+            "state": stats.state.name,
+            "phase": self._phase,
+            "attempt": stats.state.attempt,
+            "retry_in": retry_in,
+            "reason": stats.state.reason,
+            "level_dbfs": round(self._level.peak_dbfs, 1),
+            "rms_dbfs": round(self._level.rms_dbfs, 1),
+            "clipping": now < self._clip_until,
+            "buffered_seconds": round(ring.buffered_seconds, 3),
+            "buffer_fill": round(ring.held_frames / ring.capacity_frames, 4),
+            "in_flight": stats.in_flight,
+            "acked_seq": stats.counters.acked_seq,
+            "acked_seconds": round(stats.counters.acked_sample / rate, 3),
+            "reconnects": stats.counters.reconnects,
+            "frames_replayed": stats.counters.frames_replayed,
+            "frames_dropped": ring.frames_dropped,
+            "breaker": stats.breaker,
+        }
+
+    def _emit_json(self, kind: str, **fields: Any) -> None:
+        if self.json_out is None:
+            return
+        record = {"t": round(time.monotonic() - self._started, 3), "type": kind}
+        record.update(fields if kind != "status" else self.snapshot())
+        self.json_out.write(json.dumps(record) + "\n")
+        self.json_out.flush()
+
+    def _render(self) -> Text:
+        s = self.snapshot()
+        state = s["state"]
+        text = Text()
+        label = state if s["phase"] == "capturing" or state != "connected" else "draining"
+        text.append("● ", style=_STATE_STYLE.get(state, ""))
+        text.append(f"{label:<12}", style=_STATE_STYLE.get(state, ""))
+        level = s["level_dbfs"]
+        meter_style = "red" if s["clipping"] else ("yellow" if level > -6 else "green")
+        text.append("▕")
+        text.append(meter_bar(level), style=meter_style)
+        text.append("▏")
+        text.append(f"{level:6.1f} dBFS ", style=meter_style)
+        text.append("CLIP " if s["clipping"] else "     ", style="bold red")
+        text.append(f"│ buffer {s['buffered_seconds']:5.2f} s ({s['buffer_fill']:4.0%}) ")
+        text.append(f"│ acked {clock_text(s['acked_seconds'])} ")
+        text.append(f"│ ↻ {s['reconnects']} ", style="yellow" if s["reconnects"] else "")
+        text.append(f"│ replayed {s['frames_replayed']} ")
+        text.append(f"│ dropped {s['frames_dropped']}", style="bold red" if s["frames_dropped"] else "")
+        if state == "reconnecting" and s["retry_in"] is not None:
+            text.append(f" │ retry in {s['retry_in']:.1f} s", style="yellow")
+        return text
