@@ -185,7 +185,7 @@ class StatusReporter:
         text = Text()
         label = state if s["phase"] == "capturing" or state != "connected" else "draining"
         text.append("● ", style=_STATE_STYLE.get(state, ""))
-        text.append(f"{label:<12}", style=_STATE_STYLE.get(state, ""))
+        text.append(f"{label:<13}", style=_STATE_STYLE.get(state, ""))
         level = s["level_dbfs"]
         meter_style = "red" if s["clipping"] else ("yellow" if level > -6 else "green")
         text.append("▕")
