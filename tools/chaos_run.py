@@ -66,6 +66,7 @@ class ChaosReport:
     recoveries: int = 0
     recovery_median_s: float = 0.0
     recovery_worst_s: float = 0.0
+    recovery_times_s: list[float] = field(default_factory=list)  # link lost → next welcome
 
 
 def make_recording(path: Path, seconds: float) -> Path:
@@ -139,6 +140,7 @@ async def run_scenario(
         report.frames_dropped = stats.ring.frames_dropped
         times = stats.counters.recovery_times
         report.recoveries = len(times)
+        report.recovery_times_s = [round(t, 3) for t in times]
         if times:
             report.recovery_median_s = round(statistics.median(times), 3)
             report.recovery_worst_s = round(max(times), 3)
