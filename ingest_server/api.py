@@ -1,4 +1,11 @@
-"""REST API: list streams, inspect one, download its audio, health. Read-only.
+"""REST API: list streams, inspect one, download its audio; health, readiness, metrics.
+Read-only.
+
+Authentication (docs/protocol.md §10): every endpoint under /v1 (and /metrics unless
+--public-metrics) needs `Authorization: Bearer <token>` when tokens are configured: 401
+without a usable header or with a token in the URL, 403 for an unknown token. /healthz,
+/readyz and the API description (/docs, /openapi.json) are open: probes carry no tokens
+and none of them returns stream data.
 
 Handlers are `async` on purpose: they read the registry, which only the event loop mutates.
 A WAV body is produced by a sync iterator, which Starlette runs in its thread pool.
@@ -7,17 +14,51 @@ A WAV body is produced by a sync iterator, which Starlette runs in its thread po
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, HTTPException, Request, Security
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from .auth import Denial
+from .metrics import CONTENT_TYPE
 from .service import IngestService
-from .sessions import Stream
 from .storage import is_valid_stream_id
+from .stream import Stream
 
-router = APIRouter()
+_bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                     description="A token configured with --token, --token-file or "
+                     "ECHOPANEL_TOKEN (not needed when the server runs without tokens).")
+
+
+class ErrorModel(BaseModel):
+    detail: str
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorModel,
+          "description": "No usable `Authorization: Bearer` header, or a token in the URL"},
+    403: {"model": ErrorModel, "description": "Token not accepted"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorModel, "description": "Unknown stream, or an invalid stream id"},
+}
+
+
+async def require_token(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """Checks the raw request (not just what HTTPBearer parsed, which is for the docs)."""
+    result = _service(request).authenticate(request.headers.getlist("authorization"),
+                                            request.url.query)
+    if isinstance(result, Denial):
+        raise HTTPException(result.status, result.detail, headers=result.headers)
+
+
+public = APIRouter()
+router = APIRouter(dependencies=[Depends(require_token)], responses=AUTH_RESPONSES)
 
 
 class AudioFormatModel(BaseModel):
@@ -72,6 +113,17 @@ class Health(BaseModel):
     streams: StreamCounts
 
 
+class ReadyChecks(BaseModel):
+    storage: bool
+    shutting_down: bool
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "not ready"]
+    detail: str
+    checks: ReadyChecks
+
+
 def _service(request: Request) -> IngestService:
     service: IngestService = request.app.state.ingest
     return service
@@ -103,7 +155,7 @@ def _lookup(service: IngestService, stream_id: str) -> Stream:
     return stream
 
 
-@router.get("/healthz", response_model=Health)
+@public.get("/healthz", response_model=Health, summary="Liveness: the process serves requests")
 async def healthz(request: Request) -> Health:
     streams = list(_service(request).registry.streams.values())
     finalized = sum(1 for s in streams if s.finalized)
@@ -112,14 +164,37 @@ async def healthz(request: Request) -> Health:
         connected=sum(1 for s in streams if s.owner is not None)))
 
 
+@public.get("/readyz", response_model=Ready,
+            responses={503: {"model": Ready, "description": "Not ready: shutting down, or the "
+                                                            "data dir is not writable"}},
+            summary="Readiness: send new streams here")
+async def readyz(request: Request) -> Response:
+    r = await _service(request).readiness()
+    body = Ready(status="ready" if r.ready else "not ready", detail=r.detail,
+                 checks=ReadyChecks(storage=r.storage, shutting_down=r.shutting_down))
+    return JSONResponse(body.model_dump(), status_code=200 if r.ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition (docs/operations.md, "Metrics")."""
+    return Response(_service(request).metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+METRICS_ROUTE: dict[str, Any] = {
+    "response_class": Response,
+    "summary": "Prometheus metrics",
+    "responses": {200: {"content": {CONTENT_TYPE: {}},
+                        "description": "Prometheus text format 0.0.4"}},
+}
+
+
 @router.get("/v1/streams", response_model=StreamList)
 async def list_streams(request: Request) -> StreamList:
     streams = sorted(_service(request).registry.streams.values(), key=lambda s: s.stream_id)
     return StreamList.model_validate({"streams": [_summary(s) for s in streams]})
 
 
-@router.get("/v1/streams/{stream_id}", response_model=StreamDetail,
-            responses={404: {"description": "Unknown stream"}})
+@router.get("/v1/streams/{stream_id}", response_model=StreamDetail, responses=NOT_FOUND)
 async def get_stream(stream_id: str, request: Request) -> StreamDetail:
     stream = _lookup(_service(request), stream_id)
     return StreamDetail.model_validate({
@@ -138,7 +213,7 @@ async def get_stream(stream_id: str, request: Request) -> StreamDetail:
         200: {"content": {"audio/wav": {}},
               "description": "Finalized: the stored file. Open: what is durable so far. "
                              "Gaps are silence."},
-        404: {"description": "Unknown stream"},
+        **NOT_FOUND,
     },
 )
 async def get_audio(stream_id: str, request: Request) -> Response:

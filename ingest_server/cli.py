@@ -4,8 +4,10 @@ Prints exactly one line to stdout once it accepts connections (tests and tools w
 
     echopanel-ingest listening on ws://HOST:PORT/v1/stream (data dir DIR)
 
-Logs go to stderr. SIGTERM / SIGINT: stop taking streams, fsync and ack what was received,
-close every live WebSocket with 1012 (§7), exit 0. A second SIGINT forces the exit.
+Logs go to stderr (text, or JSON with --log-format json). Without tokens the server says
+loudly that anyone who can reach it may stream and read audio. SIGTERM / SIGINT: stop taking
+streams, fsync and ack what was received, close every live WebSocket with 1012 (§7), exit 0.
+A second SIGINT forces the exit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from uplink.wire import ENDPOINT_PATH
 
 from .app import create_app
 from .config import ConfigError, ServerConfig, load_config
+from .logs import setup_logging
 from .service import IngestService
 from .storage import StorageError
 
@@ -111,14 +114,27 @@ def _raise_fd_limit() -> None:
             log.warning("cannot raise the open-file limit from %d: %s", soft, e)
 
 
+def _announce_auth(config: ServerConfig) -> None:
+    if config.tokens:
+        log.info("authentication on: %d token(s) accepted", len(config.tokens))
+        return
+    exposed = config.host not in ("127.0.0.1", "::1", "localhost")
+    log.warning(
+        "AUTHENTICATION IS OFF: no tokens configured (--token, --token-file or "
+        "ECHOPANEL_TOKEN). Anyone who can reach %s:%d can stream audio and download every "
+        "stream.%s", config.host, config.port,
+        " The server listens beyond loopback: do not run it like this on a network."
+        if exposed else " Fine for local use only.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv)
     except ConfigError as e:
         print(f"echopanel-ingest: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.log_level, config.log_format)
+    _announce_auth(config)
     _raise_fd_limit()
     try:
         app = create_app(config)

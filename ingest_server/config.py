@@ -1,7 +1,12 @@
 """Server configuration: one typed dataclass, two profiles, overridable by env and CLI.
 
 Precedence, lowest first: dataclass defaults < profile < `ECHOPANEL_<NAME>` env vars < CLI
-flags. The limits announced in `welcome` come from here (docs/protocol.md §2, §5).
+flags. The limits announced in `welcome` come from here (docs/protocol.md §2, §5); every
+limit and its default is listed in docs/operations.md.
+
+Tokens are the exception to the one-flag-per-field rule: `--token` is repeatable, and
+`--token-file FILE` adds one token per line; without either flag, `ECHOPANEL_TOKEN`
+(comma-separated) and `ECHOPANEL_TOKEN_FILE` are used. Tokens never appear in `repr()`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from typing import Any
 
 from uplink.wire import DEFAULT_MAX_MESSAGE_BYTES, HEADER_SIZE
 
+from .auth import TokenError, read_token_file, split_tokens, validate_token
+
 ENV_PREFIX = "ECHOPANEL_"
+LOG_FORMATS = ("text", "json")
 
 # Only what differs from the dataclass defaults (which are the production values, §5).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -34,29 +42,54 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     data_dir: Path = field(default_factory=lambda: Path("data"))
+    # Bearer tokens; empty: authentication off (allowed for local use, warned about loudly).
+    tokens: tuple[str, ...] = field(default=(), repr=False)
     handshake_timeout: float = 10.0
     idle_timeout: float = 15.0
     session_timeout: float = 300.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_inflight_frames: int = 1024
     max_frame_seconds: float = 1.0
+    max_connections: int = 1024
+    max_connections_per_token: int = 256
+    max_streams: int = 1000  # open streams (connected or resumable), each holds a journal fd
+    max_stream_seconds: float = 86400.0  # also capped by what one WAV file can hold
+    max_message_rate: float = 1000.0  # messages per second per connection, sustained
+    message_burst: int = 2000  # ... and in a burst
+    retention_days: float = 0.0  # 0: keep finalized streams forever
+    public_metrics: bool = False  # True: /metrics needs no token
     # False skips os.fsync (benchmarks only): acks then no longer mean durable (§4).
     fsync: bool = True
     profile: str = DEFAULT_PROFILE
     log_level: str = "info"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {sorted(PROFILES)}, not {self.profile!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} outside 0..65535")
-        for name in ("handshake_timeout", "idle_timeout", "session_timeout", "max_frame_seconds"):
+        for name in ("handshake_timeout", "idle_timeout", "session_timeout", "max_frame_seconds",
+                     "max_stream_seconds", "max_message_rate"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+        for name in ("max_inflight_frames", "max_connections", "max_connections_per_token",
+                     "max_streams", "message_burst"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
         if self.max_message_bytes <= HEADER_SIZE:
             raise ConfigError(f"max_message_bytes must exceed the {HEADER_SIZE}-byte item header")
-        if self.max_inflight_frames < 1:
-            raise ConfigError("max_inflight_frames must be at least 1")
+        if not self.retention_days >= 0:
+            raise ConfigError("retention_days must be 0 (off) or positive")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be one of {list(LOG_FORMATS)}")
+        tokens = tuple(self.tokens)
+        for i, token in enumerate(tokens):
+            try:
+                validate_token(token)
+            except TokenError as e:
+                raise ConfigError(f"token #{i + 1}: {e}") from None
+        object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 
 
@@ -71,9 +104,22 @@ _HELP = {
     "max_message_bytes": "largest binary message accepted; larger ones close with 1009",
     "max_inflight_frames": "client window announced in welcome (default 1024)",
     "max_frame_seconds": "longest frame_samples a hello may announce (default 1.0 s)",
+    "max_connections": "WebSocket connections at once; more get HTTP 503 (default 1024)",
+    "max_connections_per_token": "connections at once per token; more get HTTP 429 "
+    "(default 256)",
+    "max_streams": "open streams (connected or resumable); a new one past it closes with "
+    "1013 (default 1000)",
+    "max_stream_seconds": "longest stream; audio past it closes with 1008 (default 86400)",
+    "max_message_rate": "messages per second per connection, sustained; more close with "
+    "1008 (default 1000)",
+    "message_burst": "messages a connection may send at once above the rate (default 2000)",
+    "retention_days": "delete finalized streams this many days after they ended "
+    "(default 0: never)",
+    "public_metrics": "serve /metrics without a token (default: a token is required)",
     "fsync": "fsync before acking (default on; off is for benchmarks only)",
     "profile": "preset of defaults (default production)",
     "log_level": "debug, info, warning or error (default info)",
+    "log_format": "text (default) or json (one object per line)",
 }
 
 
@@ -101,19 +147,48 @@ def build_parser() -> argparse.ArgumentParser:
         prog="echopanel-ingest",
         description="echopanel ingest server: durable WebSocket audio ingest (protocol v1).",
         epilog=f"Every option can also be set by an environment variable {ENV_PREFIX}<NAME>, "
-        f"e.g. {ENV_PREFIX}SESSION_TIMEOUT=120. Command-line flags win.",
+        f"e.g. {ENV_PREFIX}SESSION_TIMEOUT=120. Command-line flags win. Tokens: "
+        f"{ENV_PREFIX}TOKEN (comma-separated) and {ENV_PREFIX}TOKEN_FILE, used only when "
+        "neither --token nor --token-file is given. See docs/operations.md.",
     )
+    parser.add_argument("--token", action="append", default=None, metavar="TOKEN",
+                        help="accept this bearer token (repeatable; at least 16 characters)")
+    parser.add_argument("--token-file", action="append", default=None, type=Path,
+                        metavar="FILE", help="accept every token in FILE (one per line, "
+                        "'#' comments); repeatable")
     for f in fields(ServerConfig):
         flag = "--" + f.name.replace("_", "-")
+        if f.name == "tokens":
+            continue
         if f.name == "profile":
             parser.add_argument(flag, choices=sorted(PROFILES), default=None, help=_HELP[f.name])
-        elif f.name == "fsync":
+        elif f.name == "log_format":
+            parser.add_argument(flag, choices=LOG_FORMATS, default=None, help=_HELP[f.name])
+        elif f.name in ("fsync", "public_metrics"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=_HELP[f.name])
         else:
             parser.add_argument(flag, type=_converter(f.name), default=None, help=_HELP[f.name],
                                 metavar=f.name.upper())
     return parser
+
+
+def _load_tokens(cli_tokens: list[str] | None, cli_files: list[Path] | None,
+                 env: Mapping[str, str]) -> tuple[str, ...]:
+    """Flags win as a whole: with any --token/--token-file the environment is not read."""
+    try:
+        if cli_tokens or cli_files:
+            tokens = list(cli_tokens or [])
+            for path in cli_files or []:
+                tokens += read_token_file(path)
+        else:
+            tokens = split_tokens(env.get(ENV_PREFIX + "TOKEN", ""))
+            file_name = env.get(ENV_PREFIX + "TOKEN_FILE")
+            if file_name:
+                tokens += read_token_file(Path(file_name))
+    except TokenError as e:
+        raise ConfigError(str(e)) from None
+    return tuple(dict.fromkeys(tokens))  # duplicates removed, order kept
 
 
 def load_config(
@@ -127,7 +202,7 @@ def load_config(
         raise ConfigError(f"profile must be one of {sorted(PROFILES)}, not {profile!r}")
     values: dict[str, Any] = dict(PROFILES[profile])
     for f in fields(ServerConfig):
-        if f.name == "profile":
+        if f.name in ("profile", "tokens"):
             continue
         raw = env.get(ENV_PREFIX + f.name.upper())
         if raw is not None:
@@ -138,4 +213,5 @@ def load_config(
         cli = getattr(ns, f.name)
         if cli is not None:
             values[f.name] = cli
+    values["tokens"] = _load_tokens(ns.token, ns.token_file, env)
     return ServerConfig(profile=profile, **values)

@@ -1,10 +1,12 @@
-"""One WebSocket connection: handshake (§2), items (§3), group-commit acks (§4),
-heartbeats and end of stream (§6), close codes (§7).
+"""One WebSocket connection: handshake (§2), items (§3), group-commit acks (§4), limits (§5),
+heartbeats and end of stream (§6), close codes (§7). Section numbers: docs/protocol.md.
 
-The receive loop does O(1) work per item and never waits on the disk: items are appended
-at once and a per-connection flusher task runs the fsync in a worker thread, then sends one
-cumulative ack for what that fsync covered. Items arriving meanwhile ride the next fsync.
-Timeouts (handshake, idle) are one rescheduled loop timer, not a wait_for per message.
+The receive loop does O(1) work per message and never waits on the disk: items are appended
+at once and the flusher (flusher.py) runs the fsync in a worker thread, then sends one
+cumulative ack. Per message: a token-bucket rate check (§5, 1008), a few integer additions
+for the metrics, the item rules (items.py). Timeouts (handshake, idle, a peer that stopped
+reading) share one rescheduled loop timer, not a wait_for per message. Authentication and
+connection limits were checked before the upgrade (service.py, §10).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from uplink.wire import (
     Ack,
     CloseCode,
     End,
-    Hello,
     Ping,
     Pong,
     Welcome,
@@ -30,62 +31,69 @@ from uplink.wire import (
     encode_control,
 )
 
+from .auth import ANONYMOUS, Principal
 from .config import ServerConfig
-from .items import apply_item
-from .sessions import Refusal, Registry, Stream
+from .flusher import Flusher
+from .handshake import parse_hello
+from .items import ItemRules
+from .metrics import Metrics
+from .sessions import Refusal, Registry
+from .stream import Stream
 
 log = logging.getLogger(__name__)
 
 _SEND_ERRORS = (RuntimeError, OSError, WebSocketDisconnect)  # the peer is already gone
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 123 bytes
+CLOSE_TIMEOUT = 5.0  # a close frame that cannot be written by then: the peer is not reading
+TRANSPORT_CLOSES = (CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_PAYLOAD,
+                    CloseCode.MESSAGE_TOO_BIG)
 
 
 def short_reason(reason: str) -> str:
     return reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
 
 
-def parse_hello(msg: Mapping[str, Any]) -> Hello:
-    """The first message must be a valid text hello (§2): else 4400 (1003 for a version or
-    format we do not support, 1009 for an oversized message, as the codec decides)."""
-    text = msg.get("text")
-    if not isinstance(text, str):
-        raise WireError("first message must be a text hello", CloseCode.BAD_HANDSHAKE)
-    try:
-        ctl = decode_control(text)
-    except WireError as e:
-        if e.close_code == CloseCode.INVALID_PAYLOAD:
-            raise WireError(f"bad hello: {e}", CloseCode.BAD_HANDSHAKE) from e
-        raise
-    if not isinstance(ctl, Hello):
-        raise WireError(f"first message must be hello, not {type(ctl).__name__.lower()}",
-                        CloseCode.BAD_HANDSHAKE)
-    return ctl
-
-
 class Connection:
-    def __init__(self, ws: WebSocket, registry: Registry, config: ServerConfig) -> None:
+    def __init__(self, ws: WebSocket, registry: Registry, config: ServerConfig,
+                 metrics: Metrics, principal: Principal = ANONYMOUS) -> None:
         self.ws = ws
         self.registry = registry
         self.config = config
+        self.metrics = metrics
+        self.principal = principal
         self.stream: Stream | None = None
         self.finished = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._stop = False  # set once the connection is closing: process nothing more
         self._close_sent = False
+        self._close_code: int | None = None  # what ended the connection (ours or the peer's)
         self._handshaking = True
         self._last_rx = self._loop.time()
+        self._tokens = float(config.message_burst)  # §5 rate limit: a token bucket
         self._timer: asyncio.TimerHandle | None = None
-        self._flusher: _Flusher | None = None
+        self._flusher: Flusher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[Any] | None = None
+        self._batch_start: float | None = None  # oldest item not yet covered by an fsync
+        self._sending = 0  # sends in progress, and since when (a peer that stopped reading)
+        self._send_since = 0.0
+        self._aborted = False
 
     def __repr__(self) -> str:
         peer = self.ws.client
         sid = self.stream.stream_id if self.stream else "-"
         return f"<connection {sid} from {peer.host}:{peer.port}>" if peer else f"<connection {sid}>"
 
+    def _ctx(self, **fields: object) -> dict[str, object]:
+        peer = self.ws.client
+        return {"ctx": {"stream_id": self.stream.stream_id if self.stream else None,
+                        "peer": f"{peer.host}:{peer.port}" if peer else None,
+                        "token": self.principal.label, **fields}}
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         try:
             await self.ws.accept()
             self._arm(self.config.handshake_timeout)
@@ -94,9 +102,14 @@ class Connection:
             await self.close(e.close_code, str(e))
         except Refusal as e:
             await self.close(e.code, e.reason)
+        except asyncio.CancelledError:
+            if not self._aborted:
+                raise
+            if self._task is not None:
+                self._task.uncancel()
         except Exception:
             # Never let one connection's fault reach the server or another stream (§7: 1011).
-            log.exception("%r failed", self)
+            log.exception("%r failed", self, extra=self._ctx())
             await self.close(CloseCode.INTERNAL_ERROR, "internal server error")
         finally:
             await self._finish()
@@ -108,10 +121,11 @@ class Connection:
             if self._flusher is not None:
                 await self._flusher.stop()  # everything written becomes durable
         except Exception:
-            log.exception("%r: final flush failed", self)
+            log.exception("%r: final flush failed", self, extra=self._ctx())
         finally:
             if self.stream is not None:
                 self.registry.detach(self.stream, self)
+            self.metrics.close(self._close_code if self._close_code is not None else 1006)
             self.finished.set()
 
     async def close(self, code: int, reason: str) -> None:
@@ -120,17 +134,34 @@ class Connection:
         if self._close_sent:
             return
         self._close_sent = True
+        if self._close_code is None:
+            self._close_code = code
         if code not in (CloseCode.NORMAL, CloseCode.SERVICE_RESTART):
-            log.info("%r closing with %d: %s", self, code, reason)
+            log.info("%r closing with %d: %s", self, code, reason,
+                     extra=self._ctx(code=code, reason=reason))
         with contextlib.suppress(*_SEND_ERRORS):
-            await self.ws.close(code, short_reason(reason))
+            try:
+                await asyncio.wait_for(self.ws.close(code, short_reason(reason)), CLOSE_TIMEOUT)
+            except TimeoutError:
+                self._abort("the close frame could not be sent")
 
-    def _spawn_close(self, code: int, reason: str) -> None:
+    def spawn_close(self, code: int, reason: str) -> None:
         """Close from a timer callback or the flusher; the receive loop sees the disconnect."""
         self._stop = True
         task = asyncio.create_task(self.close(code, reason))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _abort(self, why: str) -> None:
+        """The peer stopped reading (its TCP window is shut): sends would wait forever. Stop
+        waiting; what was written becomes durable at the stream's next sync (resume,
+        expiry or shutdown), and nothing was acked that was not durable."""
+        log.warning("%r: %s; dropping the connection", self, why, extra=self._ctx())
+        self._aborted = self._stop = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
 
     async def supersede(self) -> None:
         """A newer connection takes the stream over (§2): 4411, then wait for our writes."""
@@ -144,9 +175,9 @@ class Connection:
         if stream is not None and not self._handshaking:
             try:
                 if await stream.sync():
-                    await self._send_ack(stream)
+                    await self.send_ack(stream)
             except OSError as e:
-                log.error("%r: fsync at shutdown failed: %s", self, e)
+                log.error("%r: fsync at shutdown failed: %s", self, e, extra=self._ctx())
         await self.close(CloseCode.SERVICE_RESTART, "server restarting")
 
     # -- timers -----------------------------------------------------------------------------
@@ -158,75 +189,100 @@ class Connection:
         self._timer = None
         if self._stop:
             return
-        if self._handshaking:
-            self._spawn_close(CloseCode.HANDSHAKE_TIMEOUT,
-                              f"no hello within {self.config.handshake_timeout:g} s")
+        now, cfg = self._loop.time(), self.config
+        if self._sending and now - self._send_since >= cfg.idle_timeout:
+            self._close_code = CloseCode.POLICY_VIOLATION
+            self._abort(f"nothing could be sent for {cfg.idle_timeout:g} s (peer not reading)")
             return
-        remaining = self._last_rx + self.config.idle_timeout - self._loop.time()
+        if self._handshaking:
+            self.spawn_close(CloseCode.HANDSHAKE_TIMEOUT,
+                             f"no hello within {cfg.handshake_timeout:g} s")
+            return
+        remaining = self._last_rx + cfg.idle_timeout - now
         if remaining > 0:
             self._arm(remaining)
         else:
-            self._spawn_close(CloseCode.HANDSHAKE_TIMEOUT,
-                              f"nothing received for {self.config.idle_timeout:g} s")
+            self.spawn_close(CloseCode.HANDSHAKE_TIMEOUT,
+                             f"nothing received for {cfg.idle_timeout:g} s")
 
     # -- protocol ---------------------------------------------------------------------------
 
     async def _serve(self) -> None:
         msg = await self.ws.receive()
-        if self._stop or msg["type"] == "websocket.disconnect":
+        if self._stop:
             return
+        if msg["type"] == "websocket.disconnect":
+            self._peer_closed(msg)
+            return
+        self.metrics.messages_received += 1
         hello = parse_hello(msg)
-        attached = await self.registry.attach(hello, self)
+        attached = await self.registry.attach(hello, self, self.principal)
         stream = self.stream = attached.stream
         if self._stop:  # timed out or superseded while waiting for the stream
             return
         self._handshaking = False
         self._last_rx = self._loop.time()
-        cfg = self.config
+        cfg, meta = self.config, stream.meta
+        durable = stream.durable
         await self._send(encode_control(Welcome(
-            stream_id=stream.stream_id, epoch=stream.meta.epoch, credential=attached.credential,
-            next_seq=stream.durable.next_seq, next_sample=stream.durable.next_sample,
+            stream_id=stream.stream_id, epoch=meta.epoch, credential=attached.credential,
+            next_seq=durable.next_seq, next_sample=durable.next_sample,
             resumed=attached.resumed, finalized=stream.finalized,
             max_message_bytes=cfg.max_message_bytes, max_inflight_frames=cfg.max_inflight_frames,
             idle_timeout=cfg.idle_timeout, session_timeout=cfg.session_timeout,
         )))
-        log.info("%r %s at seq %d", self, "resumed" if attached.resumed else "created",
-                 stream.durable.next_seq)
+        log.info("%r %s at seq %d (%s)", self, "resumed" if attached.resumed else "created",
+                 durable.next_seq, self.principal.label,
+                 extra=self._ctx(event="resumed" if attached.resumed else "created",
+                                 next_seq=durable.next_seq))
         if not stream.finalized:
-            self._flusher = _Flusher(self, stream)
-        await self._receive_loop(stream)
+            self._flusher = Flusher(self, stream, self.metrics)
+        rules = ItemRules.for_stream(meta, durable.next_seq, cfg, self.metrics)
+        await self._receive_loop(stream, rules)
 
-    async def _receive_loop(self, stream: Stream) -> None:
-        receive = self.ws.receive
+    async def _receive_loop(self, stream: Stream, rules: ItemRules) -> None:
+        receive, clock, metrics = self.ws.receive, self._loop.time, self.metrics
+        rate, burst = self.config.max_message_rate, float(self.config.message_burst)
         while True:
             msg = await receive()
-            if self._stop or msg["type"] == "websocket.disconnect":
+            if self._stop:
                 return
-            self._last_rx = self._loop.time()
+            if msg["type"] == "websocket.disconnect":
+                self._peer_closed(msg)
+                return
+            now = clock()
+            metrics.messages_received += 1
+            tokens = self._tokens + (now - self._last_rx) * rate
+            if tokens > burst:
+                tokens = burst
+            if tokens < 1.0:  # §5: a flood of (tiny) messages
+                raise Refusal(CloseCode.POLICY_VIOLATION, f"more than {rate:g} messages/s")
+            self._tokens = tokens - 1.0
+            self._last_rx = now
             data = msg.get("bytes")
             if data is not None:
-                if self._on_item(stream, data):
-                    await self._send_ack(stream)
+                if self._on_item(stream, rules, data, now):
+                    await self.send_ack(stream)
             else:
                 await self._on_control(stream, msg.get("text") or "")
 
-    def _on_item(self, stream: Stream, data: bytes) -> bool:
+    def _on_item(self, stream: Stream, rules: ItemRules, data: bytes, now: float) -> bool:
         """Apply one item; True if an immediate re-ack is due (a duplicate, nothing pending)."""
         if stream.finalized:
             raise WireError("stream is finalized", CloseCode.STREAM_FINALIZED)
         journal, flusher = stream.journal, self._flusher
         if journal is None or flusher is None:  # journals are closed: we are shutting down
             raise Refusal(CloseCode.SERVICE_RESTART, "server restarting")
-        meta = stream.meta
         try:
-            written = apply_item(journal, data, epoch=meta.epoch,
-                                 block_align=meta.format.block_align,
-                                 frame_samples=meta.frame_samples,
-                                 max_message_bytes=self.config.max_message_bytes)
+            written = rules.apply(journal, data)
         except OSError as e:
-            log.error("%r: journal write failed: %s", self, e)
+            # The journal cut the partial record off; nothing of this item is acked (§4).
+            self.metrics.storage_errors["write"] += 1
+            log.error("%r: journal write failed: %s", self, e, extra=self._ctx(error=str(e)))
             raise Refusal(CloseCode.TRY_AGAIN_LATER, "storage failure") from e
         if written:
+            if self._batch_start is None:
+                self._batch_start = now
             flusher.kick()
             return False
         stream.duplicates += 1
@@ -243,65 +299,42 @@ class Connection:
             try:
                 ended = await self.registry.end(stream, ctl)
             except OSError as e:
-                log.error("%r: finalization failed: %s", self, e)
+                log.error("%r: finalization failed: %s", self, e, extra=self._ctx(error=str(e)))
                 raise Refusal(CloseCode.TRY_AGAIN_LATER, "storage failure") from e
             await self._send(encode_control(ended))
-            log.info("%r ended at seq %d (%d gaps)", self, ended.next_seq, ended.gaps)
+            log.info("%r ended at seq %d (%d gaps)", self, ended.next_seq, ended.gaps,
+                     extra=self._ctx(event="ended", next_seq=ended.next_seq, gaps=ended.gaps))
             await self.close(CloseCode.NORMAL, "stream ended")
         else:
             raise WireError(f"unexpected {type(ctl).__name__.lower()} message")
 
-    async def _send_ack(self, stream: Stream) -> None:
+    def _peer_closed(self, msg: Mapping[str, Any]) -> None:
+        code = msg.get("code")
+        if self._close_code is None:
+            self._close_code = code if isinstance(code, int) else 1005
+            if code in TRANSPORT_CLOSES:  # the WebSocket layer refused a frame (size, UTF-8)
+                log.info("%r closed by the WebSocket layer with %d: %s", self, code,
+                         msg.get("reason") or "", extra=self._ctx(code=code))
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def take_batch_start(self) -> float | None:
+        start, self._batch_start = self._batch_start, None
+        return start
+
+    async def send_ack(self, stream: Stream) -> None:
         durable = stream.durable
         await self._send(encode_control(Ack(durable.next_seq, durable.next_sample)))
 
     async def _send(self, text: str) -> None:
         if self._close_sent:
             return
+        if not self._sending:
+            self._send_since = self._loop.time()
+        self._sending += 1
         try:
             await self.ws.send_text(text)
         except _SEND_ERRORS:
             self._stop = True
-
-
-class _Flusher:
-    """Group commit for one connection's stream (§4): fsync, then one cumulative ack."""
-
-    def __init__(self, conn: Connection, stream: Stream) -> None:
-        self._conn = conn
-        self._stream = stream
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self.busy = False
-        self._task = asyncio.create_task(self._run())
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    async def stop(self) -> None:
-        """One last fsync covering everything written so far, then end the task."""
-        self._stopping = True
-        self._wake.set()
-        await self._task
-
-    async def _run(self) -> None:
-        stream, conn = self._stream, self._conn
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            self.busy = True
-            try:
-                if await stream.sync():
-                    await conn._send_ack(stream)
-            except OSError as e:
-                log.error("%r: fsync failed: %s", conn, e)
-                conn._spawn_close(CloseCode.TRY_AGAIN_LATER, "storage failure")
-                return
-            except Exception:
-                log.exception("%r: flusher failed", conn)
-                conn._spawn_close(CloseCode.INTERNAL_ERROR, "internal server error")
-                return
-            finally:
-                self.busy = False
-            if self._stopping and not self._wake.is_set():
-                return
+        finally:
+            self._sending -= 1

@@ -1,20 +1,32 @@
-"""The running ingest service: storage, registry, live connections, expiry sweeper, shutdown."""
+"""The running ingest service: storage, registry, admission of connections, sweeper, shutdown.
+
+Admission happens before the WebSocket upgrade, so a refused client gets a plain HTTP answer
+(docs/protocol.md §10): 401 / 403 from authentication, 503 when the server holds
+max_connections, 429 when the client's token holds max_connections_per_token. The counts are
+checked and changed without an await in between, so concurrent upgrades cannot overshoot.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import dataclass
 
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from uplink.wire import CloseCode
 
+from .auth import Authenticator, Denial, Principal
 from .config import ServerConfig
 from .connection import Connection
+from .metrics import Gauges, Metrics
 from .sessions import Registry
 from .storage import Store
 
@@ -24,41 +36,134 @@ log = logging.getLogger(__name__)
 # concurrent streams: while one fsync runs, later writes queue up and share the next one.
 IO_THREADS = 16
 SHUTDOWN_GRACE = 10.0
+RETRY_AFTER = "5"  # seconds, on 429 / 503 answers to the upgrade
+READY_PROBE = ".ready-probe"
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    storage: bool
+    shutting_down: bool
+    detail: str
 
 
 class IngestService:
-    def __init__(self, config: ServerConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: ServerConfig, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = Store(config.data_dir, fsync=config.fsync)
         self.store.check_writable()  # StorageError: a clear start-up failure
         self.executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ingest-io")
-        self.registry = Registry(self.store, config, clock=clock, executor=self.executor)
+        self.metrics = Metrics()
+        self.auth = Authenticator(config.tokens)
+        self.registry = Registry(self.store, config, clock=clock, wall=wall,
+                                 executor=self.executor, metrics=self.metrics)
         self.connections: set[Connection] = set()
+        self.per_token: dict[str | None, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.metrics.watch(self._gauges)
 
     async def start(self) -> None:
         """Recover every stream before the first connection is accepted."""
         self.registry.recover()
         self._sweeper = asyncio.create_task(self._sweep())
 
+    def _gauges(self) -> Gauges:
+        streams = self.registry.streams.values()
+        open_ = [s for s in streams if not s.finalized]
+        return Gauges(
+            connections=len(self.connections),
+            streams_open=len(open_),
+            streams_finalized=len(self.registry.streams) - len(open_),
+            streams_connected=sum(1 for s in open_ if s.owner is not None),
+            journal_bytes=sum(s.journal.position.size for s in open_ if s.journal is not None),
+        )
+
+    # -- admission and connections (§10) ------------------------------------------------------
+
+    def authenticate(self, authorization: list[str], query_string: str) -> Principal | Denial:
+        result = self.auth.check(authorization, query_string)
+        if isinstance(result, Denial):
+            self.metrics.auth_failures[result.reason] += 1
+        return result
+
     async def handle(self, ws: WebSocket) -> None:
-        conn = Connection(ws, self.registry, self.config)
+        result = self.authenticate(ws.headers.getlist("authorization"),
+                                   ws.scope.get("query_string", b"").decode("latin-1"))
+        if isinstance(result, Denial):
+            await self._refuse(ws, result.status, result.reason, result.detail, result.headers)
+            return
+        cfg, token = self.config, result.token_sha256
+        if len(self.connections) >= cfg.max_connections:
+            self.metrics.rejections["max_connections"] += 1
+            await self._refuse(ws, 503, "max_connections", f"server at its limit of "
+                               f"{cfg.max_connections} connections", {"Retry-After": RETRY_AFTER})
+            return
+        if token is not None and self.per_token.get(token, 0) >= cfg.max_connections_per_token:
+            self.metrics.rejections["per_token"] += 1
+            await self._refuse(ws, 429, "per_token", f"this token already holds "
+                               f"{cfg.max_connections_per_token} connections",
+                               {"Retry-After": RETRY_AFTER})
+            return
+        conn = Connection(ws, self.registry, cfg, self.metrics, result)
         self.connections.add(conn)
+        self.per_token[token] = self.per_token.get(token, 0) + 1
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            left = self.per_token[token] - 1
+            if left:
+                self.per_token[token] = left
+            else:
+                del self.per_token[token]
+
+    @staticmethod
+    async def _refuse(ws: WebSocket, status: int, reason: str, detail: str,
+                      headers: dict[str, str]) -> None:
+        peer = f"{ws.client.host}:{ws.client.port}" if ws.client else None
+        log.info("refused WebSocket upgrade from %s: HTTP %d (%s)", peer or "?", status, reason,
+                 extra={"ctx": {"peer": peer, "status": status, "reason": reason}})
+        await deny(ws, status, detail, headers)
+
+    # -- readiness, sweeper, shutdown ---------------------------------------------------------
+
+    async def readiness(self) -> Readiness:
+        """Ready: not shutting down, and a file can be written in the data dir right now."""
+        if self.registry.shutting_down:
+            return Readiness(False, True, True, "shutting down")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self._probe)
+        except OSError as e:
+            return Readiness(False, False, False, f"data dir not writable: {e.strerror or e}")
+        return Readiness(True, True, False, "ready")
+
+    def _probe(self) -> None:
+        path = self.store.streams_dir / READY_PROBE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ready\n")
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    async def sweep_once(self) -> None:
+        """Expire idle sessions (monotonic clock), then apply retention (wall clock)."""
+        await self.registry.expire()
+        await self.registry.purge()
 
     async def _sweep(self) -> None:
-        # The sweep period bounds how late a stream expires; the decision itself uses the
-        # registry's clock (sessions.Registry.expire), which tests drive directly.
+        # The sweep period bounds how late a stream expires; the decisions themselves use the
+        # registry's clocks (sessions.Registry.expire / purge), which tests drive directly.
         interval = min(1.0, self.config.session_timeout / 4)
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.registry.expire()
+                await self.sweep_once()
             except Exception:
-                log.exception("session expiry sweep failed")
+                log.exception("sweep failed")
 
     async def close_connections(self) -> None:
         """Stop taking streams; flush, ack and close every live connection with 1012 (§7)."""
@@ -81,3 +186,37 @@ class IngestService:
         await self.close_connections()
         await self.registry.close()
         self.executor.shutdown(wait=True)
+
+
+async def deny(ws: WebSocket, status: int, detail: str,
+               headers: dict[str, str] | None = None) -> None:
+    """Answer the upgrade request with a plain HTTP response instead of switching protocols.
+
+    Uses the ASGI "websocket.http.response" extension (uvicorn's websockets implementations
+    have it); a server without it can only refuse with 403, which we fall back to.
+    """
+    _denied.set(True)
+    if "websocket.http.response" in (ws.scope.get("extensions") or {}):
+        await ws.send_denial_response(PlainTextResponse(detail + "\n", status, headers=headers))
+    else:
+        await ws.close(CloseCode.POLICY_VIOLATION)
+
+
+# uvicorn's websockets-sansio protocol never marks the handshake done after a denial
+# response, so it logs "ASGI callable returned without completing handshake." at ERROR for
+# every refused upgrade (Kludex/uvicorn PR #3138). A failed login is not a server error:
+# drop exactly that record, and only for a request we denied. uvicorn logs it in the task
+# that ran our app, so a context variable set by `deny` is visible to the filter.
+_denied: ContextVar[bool] = ContextVar("echopanel_denied", default=False)
+_UVICORN_NOISE = "ASGI callable returned without completing handshake."
+
+
+class _DenialNoiseFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_denied.get() and record.getMessage() == _UVICORN_NOISE)
+
+
+def quiet_uvicorn_denials() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DenialNoiseFilter) for f in logger.filters):
+        logger.addFilter(_DenialNoiseFilter())

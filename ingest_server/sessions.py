@@ -1,8 +1,12 @@
-"""Stream registry: create, resume, take over, end and expire streams (docs/protocol.md §2, §6).
+"""Stream registry: create, resume, take over, end, expire and delete streams
+(docs/protocol.md §2, §6; docs/operations.md for the limits and retention).
 
-A `Stream` is the in-memory face of one stream directory. At most one connection owns it
-(`owner`); only the owner appends to its journal. Time comes from an injectable monotonic
-clock so session expiry is tested without sleeping.
+At most one connection owns a stream (`Stream.owner`); only the owner appends to its
+journal. Ownership has two locks on it: the resume credential (issued once, only its SHA-256
+stored, compared in constant time) and the token that created the stream (a stream made
+with one bearer token cannot be resumed with another: 1008). Monotonic time (session expiry)
+and wall time (timestamps, retention) come from injectable clocks, so both are tested
+without sleeping.
 """
 
 from __future__ import annotations
@@ -16,18 +20,31 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from uplink.wire import HEADER_SIZE, CloseCode, End, Ended, Hello
 
+from .auth import ANONYMOUS, Principal
 from .config import ServerConfig
-from .storage import Gap, Journal, Position, Store, StreamMeta, is_valid_stream_id, utc_now
+from .metrics import Metrics
+from .storage import (
+    Journal,
+    Position,
+    Store,
+    StreamMeta,
+    is_valid_stream_id,
+    parse_utc,
+    utc_now,
+)
+from .stream import Owner, Stream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EPOCH = 1  # §1: version 1 servers always issue epoch 1
 TAKEOVER_TIMEOUT = 10.0
+EXPIRY_RETRY = 30.0  # seconds before retrying an expiry whose finalization failed
+DAY = 86400.0
 
 
 class Refusal(Exception):
@@ -39,81 +56,8 @@ class Refusal(Exception):
         self.reason = reason
 
 
-class Owner(Protocol):
-    """What the registry needs from a connection that owns a stream."""
-
-    async def supersede(self) -> None:
-        """Close with 4411 and return once this connection has finished its writes (§2)."""
-
-
 def credential_hash(credential: str) -> str:
     return hashlib.sha256(credential.encode()).hexdigest()
-
-
-class Stream:
-    def __init__(self, meta: StreamMeta, journal: Journal | None, executor: Executor | None,
-                 idle_since: float) -> None:
-        self.meta = meta
-        self.journal = journal  # None once finalized (or while being created)
-        self.durable = journal.position if journal else Position(0, meta.next_seq, meta.next_sample)
-        self.owner: Owner | None = None
-        self.idle_since = idle_since
-        self.duplicates = 0
-        self.lock = asyncio.Lock()  # state transitions: attach, end, expire
-        self._sync_lock = asyncio.Lock()  # one fsync at a time; finalize closes the fd under it
-        self._executor = executor
-
-    @property
-    def stream_id(self) -> str:
-        return self.meta.stream_id
-
-    @property
-    def finalized(self) -> bool:
-        return self.meta.state == "finalized"
-
-    @property
-    def next_seq(self) -> int:
-        return self.journal.next_seq if self.journal else self.meta.next_seq
-
-    @property
-    def next_sample(self) -> int:
-        return self.journal.next_sample if self.journal else self.meta.next_sample
-
-    @property
-    def frames(self) -> int:
-        return self.journal.frames if self.journal else self.meta.frames
-
-    @property
-    def gaps(self) -> list[Gap]:
-        return self.journal.gaps if self.journal else self.meta.gaps
-
-    @property
-    def pending(self) -> bool:
-        """Written but not yet covered by an fsync."""
-        return self.journal is not None and self.journal.position.size != self.durable.size
-
-    async def sync(self) -> bool:
-        """Group commit: one fsync covers everything written before it starts (§4).
-
-        Returns True if the durable position advanced (the caller then acks it).
-        """
-        async with self._sync_lock:
-            return await self._sync_locked()
-
-    async def _sync_locked(self) -> bool:
-        journal = self.journal
-        if journal is None:
-            return False
-        target = journal.position
-        if target.size == self.durable.size:
-            return False
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, journal.sync)
-        except OSError:
-            journal.broken = True  # after a failed fsync the page cache cannot be trusted
-            raise
-        self.durable = target
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,41 +70,53 @@ class Attached:
 class Registry:
     def __init__(self, store: Store, config: ServerConfig, *,
                  clock: Callable[[], float] = time.monotonic,
-                 executor: Executor | None = None) -> None:
+                 wall: Callable[[], float] = time.time,
+                 executor: Executor | None = None, metrics: Metrics | None = None) -> None:
         self.store = store
         self.config = config
         self.clock = clock
+        self.wall = wall
         self.executor = executor
+        self.metrics = metrics or Metrics()
         self.streams: dict[str, Stream] = {}
+        self.open_count = 0  # streams not finalized (the max_streams limit)
         self.shutting_down = False
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    def _stream(self, meta: StreamMeta, journal: Journal | None, idle_since: float) -> Stream:
+        return Stream(meta, journal, self.executor, idle_since, self.metrics)
+
     def recover(self) -> None:
         """Load every stream on disk; open ones are disconnected sessions from now on."""
         now = self.clock()
         for meta, journal in self.store.recover():
-            self.streams[meta.stream_id] = Stream(meta, journal, self.executor, now)
-        log.info("recovered %d streams (%d open)", len(self.streams),
-                 sum(1 for s in self.streams.values() if not s.finalized))
+            self.streams[meta.stream_id] = self._stream(meta, journal, now)
+        self.open_count = sum(1 for s in self.streams.values() if not s.finalized)
+        log.info("recovered %d streams (%d open)", len(self.streams), self.open_count)
 
     # -- handshake (§2) -------------------------------------------------------------------
 
-    async def attach(self, hello: Hello, owner: Owner) -> Attached:
+    async def attach(self, hello: Hello, owner: Owner, principal: Principal = ANONYMOUS
+                     ) -> Attached:
         if self.shutting_down:
             raise Refusal(CloseCode.SERVICE_RESTART, "server shutting down")
         sid = hello.stream_id
         if not is_valid_stream_id(sid):
             raise Refusal(CloseCode.BAD_HANDSHAKE, "invalid stream id")
-        fmt = hello.format
-        if hello.frame_samples > fmt.sample_rate * self.config.max_frame_seconds:
+        fmt, cfg = hello.format, self.config
+        if hello.frame_samples > fmt.sample_rate * cfg.max_frame_seconds:
             raise Refusal(CloseCode.BAD_HANDSHAKE,
-                          f"frame_samples over {self.config.max_frame_seconds:g} s of audio")
-        if HEADER_SIZE + hello.frame_samples * fmt.block_align > self.config.max_message_bytes:
+                          f"frame_samples over {cfg.max_frame_seconds:g} s of audio")
+        if HEADER_SIZE + hello.frame_samples * fmt.block_align > cfg.max_message_bytes:
             raise Refusal(CloseCode.BAD_HANDSHAKE, "one frame would exceed max_message_bytes")
+        # §5: live streaming sends one message per frame; it must fit in half the rate limit.
+        if fmt.sample_rate / hello.frame_samples > cfg.max_message_rate / 2:
+            raise Refusal(CloseCode.BAD_HANDSHAKE,
+                          f"frames too short: at most {cfg.max_message_rate / 2:g} frames/s")
         if hello.resume is None:
-            return await self._create(hello, owner)
+            return await self._create(hello, owner, principal)
 
         stream = self.streams.get(sid)
         if stream is None:
@@ -170,35 +126,55 @@ class Registry:
             given, stream.meta.credential_sha256
         ):
             raise Refusal(CloseCode.STREAM_CONFLICT, "wrong credential or epoch")
+        # Only after the credential: a guessed id learns nothing from this answer (§10).
+        bound = stream.meta.token_sha256
+        if bound is not None and principal.token_sha256 is not None and not hmac.compare_digest(
+            bound, principal.token_sha256
+        ):
+            raise Refusal(CloseCode.POLICY_VIOLATION, "stream belongs to another token")
         if fmt != stream.meta.format or hello.frame_samples != stream.meta.frame_samples:
             raise Refusal(CloseCode.BAD_HANDSHAKE, "format or frame_samples differ from the stream's")
         await self._take_over(stream, owner)
+        self.metrics.resumes += 1
         return Attached(stream, hello.resume.credential, resumed=True)
 
-    async def _create(self, hello: Hello, owner: Owner) -> Attached:
+    async def _create(self, hello: Hello, owner: Owner, principal: Principal) -> Attached:
         sid = hello.stream_id
         if sid in self.streams:
             raise Refusal(CloseCode.STREAM_CONFLICT, f"stream {sid} already exists")
+        if self.open_count >= self.config.max_streams:
+            raise Refusal(CloseCode.TRY_AGAIN_LATER,
+                          f"too many open streams ({self.config.max_streams})")
         credential = secrets.token_urlsafe(32)
         meta = StreamMeta(sid, hello.format, hello.frame_samples, EPOCH,
-                          credential_hash(credential), utc_now())
+                          credential_hash(credential), utc_now(self.wall()),
+                          token_sha256=principal.token_sha256)
         # Registered before the first await, so a concurrent hello for the same id sees it.
-        stream = Stream(meta, None, self.executor, self.clock())
+        stream = self._stream(meta, None, self.clock())
         stream.owner = owner
         self.streams[sid] = stream
+        self.open_count += 1
         async with stream.lock:
             try:
                 journal = await self._run(self.store.create, meta)
             except FileExistsError:  # a directory we could not recover still holds the id
-                del self.streams[sid]
+                self._forget(stream)
                 raise Refusal(CloseCode.STREAM_CONFLICT, f"stream {sid} already exists") from None
             except OSError as e:
-                del self.streams[sid]
-                log.error("cannot create stream %s: %s", sid, e)
+                self._forget(stream)
+                self.metrics.storage_errors["create"] += 1
+                log.error("cannot create stream %s: %s", sid, e,
+                          extra={"ctx": {"stream_id": sid, "error": str(e)}})
                 raise Refusal(CloseCode.TRY_AGAIN_LATER, "storage failure") from e
             stream.journal = journal
             stream.durable = journal.position
+        self.metrics.streams_created += 1
         return Attached(stream, credential, resumed=False)
+
+    def _forget(self, stream: Stream) -> None:
+        del self.streams[stream.stream_id]
+        if not stream.finalized:
+            self.open_count -= 1
 
     async def _take_over(self, stream: Stream, owner: Owner) -> None:
         """Make `owner` the stream's only writer; the previous one is closed with 4411 and
@@ -213,6 +189,7 @@ class Registry:
                                   "previous connection did not finish in time") from None
                 if stream.owner is old:  # it is gone even if it did not say so
                     stream.owner = None
+                self.metrics.takeovers += 1
             async with stream.lock:
                 if stream.owner is not None and stream.owner is not owner:
                     continue  # a third connection got in first: supersede it too
@@ -221,7 +198,6 @@ class Registry:
                     await stream.sync()  # the welcome's next_seq must be durable (§2)
                 except OSError as e:
                     stream.owner = None
-                    log.error("stream %s: fsync failed: %s", stream.stream_id, e)
                     raise Refusal(CloseCode.TRY_AGAIN_LATER, "storage failure") from e
                 return
 
@@ -231,7 +207,7 @@ class Registry:
             stream.owner = None
             stream.idle_since = self.clock()
 
-    # -- end and expiry (§6, §2) ------------------------------------------------------------
+    # -- end, expiry and retention (§6, §2) -------------------------------------------------
 
     async def end(self, stream: Stream, msg: End) -> Ended:
         async with stream.lock:
@@ -243,6 +219,7 @@ class Registry:
                 )
             if not stream.finalized:
                 await self._finalize_locked(stream, "ended")
+                self.metrics.streams_ended += 1
             return Ended(stream.next_seq, stream.next_sample, len(stream.gaps))
 
     async def expire(self, now: float | None = None) -> list[str]:
@@ -251,7 +228,8 @@ class Registry:
         timeout = self.config.session_timeout
         expired: list[str] = []
         for stream in list(self.streams.values()):
-            if stream.finalized or stream.owner is not None or now - stream.idle_since < timeout:
+            if (stream.finalized or stream.owner is not None
+                    or now - stream.idle_since < timeout or now < stream.expiry_retry_at):
                 continue
             async with stream.lock:
                 if stream.finalized or stream.owner is not None or stream.journal is None:
@@ -259,35 +237,75 @@ class Registry:
                 try:
                     await self._finalize_locked(stream, "expired")
                 except OSError as e:
-                    log.error("cannot finalize expired stream %s: %s", stream.stream_id, e)
+                    stream.expiry_retry_at = now + EXPIRY_RETRY
+                    log.error("cannot finalize expired stream %s (retrying in %g s): %s",
+                              stream.stream_id, EXPIRY_RETRY, e)
                     continue
+            self.metrics.streams_expired += 1
             log.info("stream %s expired after %.0f s without a connection",
-                     stream.stream_id, timeout)
+                     stream.stream_id, timeout, extra={"ctx": {"stream_id": stream.stream_id}})
             expired.append(stream.stream_id)
         return expired
 
+    async def purge(self, now: float | None = None) -> list[str]:
+        """Retention: delete finalized streams that ended `retention_days` ago or more."""
+        days = self.config.retention_days
+        if days <= 0:
+            return []
+        cutoff = (self.wall() if now is None else now) - days * DAY
+        deleted: list[str] = []
+        for stream in list(self.streams.values()):
+            meta = stream.meta
+            if not stream.finalized or stream.owner is not None or meta.ended is None:
+                continue
+            if parse_utc(meta.ended) > cutoff:
+                continue
+            async with stream.lock:
+                if stream.owner is not None or self.streams.get(stream.stream_id) is not stream:
+                    continue
+                del self.streams[stream.stream_id]  # gone for REST and resumes from here on
+                try:
+                    await self._run(self.store.delete, stream.stream_id)
+                except OSError as e:
+                    self.metrics.storage_errors["delete"] += 1
+                    log.error("retention: cannot delete stream %s: %s", stream.stream_id, e)
+                    continue
+            self.metrics.streams_deleted += 1
+            log.info("retention: deleted stream %s (ended %s)", stream.stream_id, meta.ended,
+                     extra={"ctx": {"stream_id": stream.stream_id}})
+            deleted.append(stream.stream_id)
+        return deleted
+
     async def _finalize_locked(self, stream: Stream, reason: str) -> None:
-        async with stream._sync_lock:  # no fsync may run on the fd we are about to close
-            await stream._sync_locked()
+        async with stream.sync_lock:  # no fsync may run on the fd we are about to close
+            await stream.sync_locked()
             journal = stream.journal
-            assert journal is not None
-            meta = replace(stream.meta, state="finalized", end_reason=reason, ended=utc_now(),
-                           next_seq=journal.next_seq, next_sample=journal.next_sample,
-                           frames=journal.frames, gaps=list(journal.gaps))
-            await self._run(self.store.finalize, meta, journal)
+            if journal is None:  # journals are closed: the server is shutting down
+                raise Refusal(CloseCode.SERVICE_RESTART, "server restarting")
+            meta = replace(stream.meta, state="finalized", end_reason=reason,
+                           ended=utc_now(self.wall()), next_seq=journal.next_seq,
+                           next_sample=journal.next_sample, frames=journal.frames,
+                           gaps=list(journal.gaps))
+            try:
+                await self._run(self.store.finalize, meta, journal)
+            except OSError:
+                self.metrics.storage_errors["finalize"] += 1
+                raise
             stream.meta = meta
             stream.journal = None
-            stream.durable = Position(0, meta.next_seq, meta.next_sample)
+            stream.durable = Position(0, meta.next_seq, meta.next_sample, meta.frames,
+                                      len(meta.gaps))
+            self.open_count -= 1
 
     async def close(self) -> None:
         """Shutdown: fsync and close every journal (the data survives for the restart)."""
         self.shutting_down = True
         for stream in self.streams.values():
-            async with stream._sync_lock:
+            async with stream.sync_lock:
                 if stream.journal is None:
                     continue
                 try:
-                    await stream._sync_locked()
+                    await stream.sync_locked()
                 except OSError as e:
                     log.error("final fsync of %s failed: %s", stream.stream_id, e)
                 stream.journal.close()

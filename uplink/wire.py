@@ -296,7 +296,10 @@ def _str(obj: dict[str, Any], key: str, max_len: int = 256) -> str:
 
 def decode_control(text: str | bytes) -> Control:
     """Parse one control message. Raises WireError only (never KeyError, TypeError...)."""
-    if len(text) > MAX_CONTROL_BYTES:
+    # §5 counts bytes: a str of MAX_CONTROL_BYTES characters can be four times as many bytes.
+    if len(text) > MAX_CONTROL_BYTES or (
+        isinstance(text, str) and len(text.encode("utf-8", "surrogatepass")) > MAX_CONTROL_BYTES
+    ):
         raise WireError(f"control message over {MAX_CONTROL_BYTES} bytes", CloseCode.MESSAGE_TOO_BIG)
     try:
         obj = json.loads(text)

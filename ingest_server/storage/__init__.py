@@ -1,8 +1,8 @@
 """Durable per-stream storage: journal, metadata, WAV export (docs/storage.md)."""
 
 from .journal import Gap, Journal, JournalError, Position
-from .store import StorageError, Store, StreamMeta, is_valid_stream_id, utc_now
-from .wav import JournalWav, wav_size
+from .store import StorageError, Store, StreamMeta, is_valid_stream_id, parse_utc, utc_now
+from .wav import JournalWav, max_wav_samples, wav_size
 
 __all__ = [
     "Gap",
@@ -14,6 +14,8 @@ __all__ = [
     "Store",
     "StreamMeta",
     "is_valid_stream_id",
+    "max_wav_samples",
+    "parse_utc",
     "utc_now",
     "wav_size",
 ]

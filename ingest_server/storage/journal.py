@@ -13,14 +13,23 @@ Writes are one `os.writev` on an O_APPEND descriptor (no per-frame fsync); `sync
 fsync that group commit runs in a worker thread before acking (docs/protocol.md §4).
 Records are strictly consecutive: each starts at the previous one's next_seq and next_sample,
 which recovery checks too.
+
+Faults (docs/storage.md "Disk faults"): a failed or short write is undone at once (the file
+is cut back to the last whole record) and the journal stays usable; after a failed fsync the
+caller cuts the file back to the last *durable* position with `rollback()`, because the page
+cache can no longer be trusted for anything written since. Only if a cut itself fails is the
+journal `broken` until a restart recovers it. `_write`, `_fsync` and `_truncate` are the only
+places that touch the file after opening it, so tests inject faults there.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,11 +54,14 @@ class JournalError(OSError):
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A point in the journal: its byte size and the stream position it reaches."""
+    """A point in the journal: its byte size, the stream position it reaches, and how many
+    AUDIO frames and GAP records lie before it (so a rollback restores the totals too)."""
 
     size: int
     next_seq: int
     next_sample: int
+    frames: int = 0
+    gap_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +130,6 @@ def read_records(f: BinaryIO, limit: int) -> Iterator[Record]:
 @dataclass(slots=True)
 class _Scan:
     position: Position
-    frames: int = 0
     gaps: list[Gap] = field(default_factory=list)
 
 
@@ -137,17 +148,19 @@ def _scan(path: Path, block_align: int) -> tuple[_Scan, int]:
             # A record that does not continue the stream exactly is corruption, not data.
             if rec.seq != pos.next_seq or rec.sample_pos != pos.next_sample:
                 break
+            frames = pos.frames
             if rec.kind == KIND_AUDIO:
                 if len(rec.payload) != rec.extent * block_align or len(rec.payload) % rec.count:
                     break
-                state.frames += rec.count
+                frames += rec.count
                 end_sample = rec.sample_pos + rec.extent
             else:
                 if rec.payload or rec.extent < rec.sample_pos:
                     break
                 end_sample = rec.extent
                 state.gaps.append(Gap(rec.seq, rec.seq + rec.count, rec.sample_pos, end_sample))
-            state.position = Position(rec.end_offset, rec.seq + rec.count, end_sample)
+            state.position = Position(rec.end_offset, rec.seq + rec.count, end_sample, frames,
+                                      len(state.gaps))
         return state, file_size
 
 
@@ -157,13 +170,13 @@ class Journal:
     def __init__(self, path: Path, fd: int, scan: _Scan, *, fsync: bool) -> None:
         self.path = path
         self._fd = fd
-        self._fsync = fsync
+        self._do_fsync = fsync
         self._size = scan.position.size
         self.next_seq = scan.position.next_seq
         self.next_sample = scan.position.next_sample
-        self.frames = scan.frames
+        self.frames = scan.position.frames
         self.gaps = scan.gaps
-        self.broken = False
+        self.broken = False  # a cut after a fault failed: unusable until recovery
 
     @classmethod
     def create(cls, path: Path, *, fsync: bool = True) -> Journal:
@@ -201,7 +214,7 @@ class Journal:
 
     @property
     def position(self) -> Position:
-        return Position(self._size, self.next_seq, self.next_sample)
+        return Position(self._size, self.next_seq, self.next_sample, self.frames, len(self.gaps))
 
     def append_audio(self, seq: int, count: int, sample_pos: int, nsamples: int,
                      payload: bytes | memoryview) -> None:
@@ -218,28 +231,63 @@ class Journal:
 
     def _append(self, header: bytes, payload: bytes | memoryview) -> None:
         if self.broken:
-            raise JournalError(f"{self.path}: journal unusable after a failed write")
+            raise JournalError(f"{self.path}: journal unusable until the server restarts")
         total = len(header) + len(payload)
         try:
-            written = os.writev(self._fd, [header, payload])
+            written = self._write([header, payload])
             if written != total:
-                raise OSError(f"short write ({written} of {total} bytes; disk full?)")
+                raise OSError(errno.ENOSPC, f"short write ({written} of {total} bytes)")
         except OSError:
-            # Never leave half a record in front of the next one: roll back to the last
-            # whole record. If even that fails, refuse further writes (recovery will cut it).
+            # Never leave half a record in front of the next one: cut back to the last whole
+            # record (the records before it were written whole and stay valid). If even the
+            # cut fails, refuse further writes; recovery will cut the torn tail.
             try:
-                os.ftruncate(self._fd, self._size)
+                self._truncate(self._size)
             except OSError:
                 self.broken = True
             raise
         self._size += total
 
-    def sync(self) -> None:
-        """fsync; safe to call from a worker thread while the event loop appends."""
-        if self.broken:  # a second fsync after a failed one may "succeed" over lost pages
-            raise JournalError(f"{self.path}: journal unusable after a failed write or fsync")
-        if self._fsync:
-            os.fsync(self._fd)
+    def _write(self, parts: list[bytes | memoryview]) -> int:
+        return os.writev(self._fd, parts)
+
+    def _fsync(self) -> None:
+        os.fsync(self._fd)
+
+    def _truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+
+    def sync(self) -> float:
+        """fsync; safe to call from a worker thread while the event loop appends.
+
+        Returns the seconds the fsync took (for the fsync latency histogram).
+        """
+        if self.broken:
+            raise JournalError(f"{self.path}: journal unusable until the server restarts")
+        if not self._do_fsync:
+            return 0.0
+        start = time.perf_counter()
+        self._fsync()
+        return time.perf_counter() - start
+
+    def rollback(self, to: Position) -> None:
+        """After a failed fsync: forget everything after `to` (the last durable position).
+
+        Linux may mark pages whose writeback failed as clean, so a later fsync can "succeed"
+        without writing them: nothing written since the last good fsync may ever be acked.
+        Cutting the file back removes those pages; the client still holds that audio (it
+        was never acked) and replays it. Runs on the event loop, with no fsync in progress.
+        """
+        try:
+            self._truncate(to.size)
+        except OSError:
+            self.broken = True
+            raise
+        self._size = to.size
+        self.next_seq = to.next_seq
+        self.next_sample = to.next_sample
+        self.frames = to.frames
+        del self.gaps[to.gap_count:]
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -5,7 +5,8 @@
     DATA/streams/<stream_id>/audio.wav     written at finalization (gaps as silence)
 
 Every whole-file write is atomic (tmp + fsync + rename + fsync dir), so a crash leaves either
-the old or the new version. Stream ids are checked against a strict pattern before they
+the old or the new version; a write that fails (disk full) removes what it left behind, so
+the next attempt starts clean. Stream ids are checked against a strict pattern before they
 become a path, so no id can escape the data directory.
 """
 
@@ -33,6 +34,7 @@ META = "meta.json"
 AUDIO = "audio.wav"
 META_VERSION = 1
 STREAM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+TRASH_PREFIX = ".trash-"  # a deleted stream's directory, renamed away before its removal
 
 
 class StorageError(Exception):
@@ -40,12 +42,24 @@ class StorageError(Exception):
 
 
 def is_valid_stream_id(stream_id: str) -> bool:
-    """§1 pattern, minus '..' (harmless inside one path component, but never worth allowing)."""
-    return STREAM_ID_RE.fullmatch(stream_id) is not None and ".." not in stream_id
+    """§1 pattern, minus '..' (harmless inside one path component, but never worth allowing).
+
+    ASCII only: `re` with a `str` pattern would let `[A-Za-z0-9]` match nothing else, but the
+    explicit check keeps that true whatever flags a later edit adds.
+    """
+    return (stream_id.isascii() and STREAM_ID_RE.fullmatch(stream_id) is not None
+            and ".." not in stream_id)
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+def utc_now(timestamp: float | None = None) -> str:
+    """ISO 8601 UTC with milliseconds: now, or the given POSIX time (tests pass a fake one)."""
+    when = datetime.now(UTC) if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+    return when.isoformat(timespec="milliseconds")
+
+
+def parse_utc(text: str) -> float:
+    """The POSIX time of a timestamp written by `utc_now`."""
+    return datetime.fromisoformat(text).timestamp()
 
 
 @dataclass(slots=True)
@@ -65,6 +79,9 @@ class StreamMeta:
     next_sample: int = 0
     frames: int = 0
     gaps: list[Gap] = field(default_factory=list)
+    # SHA-256 of the bearer token that created the stream; only that token may resume it.
+    # None: created while authentication was off (docs/operations.md, "Tokens").
+    token_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +91,7 @@ class StreamMeta:
             "frame_samples": self.frame_samples,
             "epoch": self.epoch,
             "credential_sha256": self.credential_sha256,
+            "token_sha256": self.token_sha256,
             "created": self.created,
             "ended": self.ended,
             "state": self.state,
@@ -103,6 +121,7 @@ class StreamMeta:
                 next_sample=int(obj["next_sample"]),
                 frames=int(obj["frames"]),
                 gaps=[Gap(**g) for g in obj["gaps"]],
+                token_sha256=obj.get("token_sha256"),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed meta.json: {e!r}") from e
@@ -140,17 +159,22 @@ class Store:
     def create(self, meta: StreamMeta) -> Journal:
         """Make the stream durable (journal, meta, directory entry) before its welcome (§2).
 
-        Raises FileExistsError if the directory exists (the id is taken, §2 → 4409).
+        Raises FileExistsError if the directory exists (the id is taken, §2 → 4409). Any
+        other failure (disk full) removes the half-made directory, so the client's retry
+        can create the stream instead of finding its id taken.
         """
         d = self.stream_dir(meta.stream_id)
         d.mkdir()
-        journal = Journal.create(d / JOURNAL, fsync=self.fsync)
+        journal: Journal | None = None
         try:
+            journal = Journal.create(d / JOURNAL, fsync=self.fsync)
             self.write_meta(meta)
             if self.fsync:
                 fsync_dir(self.streams_dir)
         except BaseException:
-            journal.close()
+            if journal is not None:
+                journal.close()
+            shutil.rmtree(d, ignore_errors=True)
             raise
         return journal
 
@@ -176,6 +200,18 @@ class Store:
         except OSError as e:  # recovery removes a finalized stream's leftover journal
             log.warning("%s: cannot remove the journal after finalizing: %s", d, e)
 
+    def delete(self, stream_id: str) -> None:
+        """Remove a finalized stream (retention). The rename makes it atomic: a crash leaves
+        either the stream or a `.trash-*` directory that recovery finishes removing."""
+        d = self.stream_dir(stream_id)
+        trash = self.streams_dir / f"{TRASH_PREFIX}{stream_id}"
+        if trash.exists():
+            shutil.rmtree(trash)
+        os.rename(d, trash)
+        if self.fsync:
+            fsync_dir(self.streams_dir)
+        shutil.rmtree(trash)
+
     def open_wav(self, meta: StreamMeta, upto: Position) -> JournalWav:
         """A WAV of an open stream's journal up to `upto` (its durable position)."""
         return JournalWav(self.journal_path(meta.stream_id), meta.format, upto)
@@ -186,6 +222,9 @@ class Store:
         found: list[tuple[StreamMeta, Journal | None]] = []
         for d in sorted(self.streams_dir.iterdir()):
             if not d.is_dir():
+                continue
+            if d.name.startswith(TRASH_PREFIX):  # a deletion interrupted by a crash
+                shutil.rmtree(d, ignore_errors=True)
                 continue
             if not is_valid_stream_id(d.name):
                 log.warning("ignoring %s: not a valid stream id", d)

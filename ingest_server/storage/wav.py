@@ -19,6 +19,14 @@ from .journal import FILE_MAGIC, KIND_AUDIO, Position, read_records
 _ZEROS = bytes(1 << 20)
 
 
+def max_wav_samples(fmt: AudioFormat) -> int:
+    """The most sample frames a WAV of `fmt` can hold: RIFF sizes are u32 (about 4 GiB), so
+    a longer stream could not be written as a valid file. The server caps streams here."""
+    riff_overhead = len(wav_header(fmt, 0)) - 8  # the RIFF size counts everything after it
+    max_data = 0xFFFFFFFF - riff_overhead - 1  # -1: room for the pad byte
+    return max_data // fmt.block_align
+
+
 def wav_size(fmt: AudioFormat, n_sample_frames: int) -> int:
     data = n_sample_frames * fmt.block_align
     return len(wav_header(fmt, n_sample_frames)) + data + (data & 1)
@@ -63,15 +71,23 @@ class JournalWav:
 
 
 def write_file_atomic(path: Path, chunks: Iterator[bytes] | JournalWav, *, fsync: bool) -> None:
-    """Write to `path.tmp`, fsync, rename over `path`, fsync the directory."""
+    """Write to `path.tmp`, fsync, rename over `path`, fsync the directory. On failure the
+    `.tmp` file is removed and the old `path` (if any) is left as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Disk full half way through a WAV: give the space back at once, not at the restart.
+        tmp.unlink(missing_ok=True)
+        if isinstance(chunks, JournalWav):
+            chunks.close()  # if the iteration never started, its journal is still open
+        raise
     if fsync:
         fsync_dir(path.parent)
 

@@ -48,10 +48,15 @@ class Closed(Exception):
 
 
 class Client:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        extra = dict(headers or {})
+        if token is not None:
+            extra["Authorization"] = f"Bearer {token}"
         self.ws: ClientConnection = connect(url, legacy=True, compression=None,
                                             open_timeout=TIMEOUT, close_timeout=5,
-                                            ping_interval=None, max_size=None)
+                                            ping_interval=None, max_size=None, proxy=None,
+                                            additional_headers=extra or None)
         self.acked = (0, 0)
 
     def __enter__(self) -> Client:

@@ -40,3 +40,67 @@ def test_profile_env_and_cli_precedence(tmp_path: Path) -> None:
 def test_invalid_values_are_config_errors(argv: list[str], env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_config(argv, environ=env)
+
+
+T1, T2, T3 = "cfg-token-1-0123456789", "cfg-token-2-0123456789", "cfg-token-3-0123456789"
+
+
+def test_tokens_from_flags_file_and_env(tmp_path: Path) -> None:
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"# comment\n{T2}\n\n  {T3}  \n")
+    token_file.chmod(0o600)
+    assert load_config([], environ={}).tokens == ()
+    assert load_config([], environ={"ECHOPANEL_TOKEN": f"{T1}, {T2}"}).tokens == (T1, T2)
+    env = {"ECHOPANEL_TOKEN": T1, "ECHOPANEL_TOKEN_FILE": str(token_file)}
+    assert load_config([], environ=env).tokens == (T1, T2, T3)
+    # Flags win as a whole: the environment's tokens are not added to them.
+    assert load_config(["--token", T3], environ=env).tokens == (T3,)
+    cfg = load_config(["--token", T1, "--token", T1, "--token-file", str(token_file)],
+                      environ=env)
+    assert cfg.tokens == (T1, T2, T3)  # duplicates dropped
+    assert T1 not in repr(cfg) and "tokens" not in repr(cfg)
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["--token", "short"], {}, "at least 16"),
+    (["--token", "has space in it 0123456"], {}, "may only contain"),
+    ([], {"ECHOPANEL_TOKEN": "bad token with spaces 01"}, "may only contain"),
+    (["--token-file", "/nonexistent/tokens"], {}, "cannot read token file"),
+    (["--log-format", "xml"], {}, None),
+    ([], {"ECHOPANEL_LOG_FORMAT": "xml"}, "log_format"),
+    (["--max-connections", "0"], {}, "max_connections"),
+    ([], {"ECHOPANEL_MAX_MESSAGE_RATE": "0"}, "max_message_rate"),
+    (["--retention-days", "-1"], {}, "retention_days"),
+])
+def test_bad_tokens_and_limits_are_config_errors(
+    argv: list[str], env: dict[str, str], message: str | None
+) -> None:
+    if message is None:  # argparse rejects it itself (choices)
+        with pytest.raises(SystemExit):
+            load_config(argv, environ=env)
+        return
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(argv, environ=env)
+    assert "0123456" not in str(e.value)  # error messages never echo a token
+
+
+def test_empty_token_file_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "tokens"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="holds no tokens"):
+        load_config(["--token-file", str(empty)], environ={})
+
+
+def test_limits_defaults_and_overrides() -> None:
+    cfg = load_config([], environ={})
+    assert (cfg.max_connections, cfg.max_connections_per_token, cfg.max_streams) == (
+        1024, 256, 1000)
+    assert (cfg.max_stream_seconds, cfg.max_message_rate, cfg.message_burst) == (
+        86400.0, 1000.0, 2000)
+    assert (cfg.retention_days, cfg.public_metrics, cfg.log_format) == (0.0, False, "text")
+    env = {"ECHOPANEL_MAX_STREAMS": "5", "ECHOPANEL_PUBLIC_METRICS": "yes",
+           "ECHOPANEL_RETENTION_DAYS": "30"}
+    cfg = load_config(["--max-connections", "10", "--log-format", "json",
+                       "--no-public-metrics"], environ=env)
+    assert (cfg.max_streams, cfg.max_connections, cfg.retention_days) == (5, 10, 30.0)
+    assert (cfg.public_metrics, cfg.log_format) == (False, "json")

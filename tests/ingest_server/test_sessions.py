@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 import pytest
 
 from ingest_server.config import ServerConfig
-from ingest_server.items import apply_item
-from ingest_server.sessions import Attached, Refusal, Registry, Stream
+from ingest_server.items import ItemRules
+from ingest_server.metrics import Metrics
+from ingest_server.sessions import Attached, Refusal, Registry
 from ingest_server.storage import Gap, Journal, Store
+from ingest_server.stream import Stream
 from uplink.audio import AudioFormat, SampleType
 from uplink.wire import (
     HEADER,
@@ -28,6 +30,7 @@ from uplink.wire import (
 )
 
 from .client import FMT, FRAME, frames
+from .harness import FakeClock
 
 T = TypeVar("T")
 TIMEOUT = 60.0
@@ -35,14 +38,6 @@ TIMEOUT = 60.0
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeOwner:
@@ -194,9 +189,13 @@ def new_journal(tmp_path: Path) -> Journal:
     return Journal.create(tmp_path / "journal.bin")
 
 
+def rules(min_seq: int = 0, max_samples: int = 1 << 40) -> ItemRules:
+    return ItemRules(epoch=1, block_align=2, frame_samples=FRAME, max_message_bytes=1 << 20,
+                     min_seq=min_seq, max_samples=max_samples, metrics=Metrics())
+
+
 def apply(j: Journal, data: bytes) -> bool:
-    return apply_item(j, data, epoch=1, block_align=2, frame_samples=FRAME,
-                      max_message_bytes=1 << 20)
+    return rules().apply(j, data)
 
 
 def test_duplicates_and_straddling(tmp_path: Path) -> None:

@@ -1,0 +1,153 @@
+"""Bearer-token authentication of the WebSocket upgrade and the REST API (docs/protocol.md
+§10, docs/operations.md "Tokens").
+
+- A token travels only in `Authorization: Bearer <token>` (RFC 6750 §2.1). A request with a
+  token in its URL (a token-like query parameter, or any query value that is a configured
+  token) is refused with 401 even if its header is fine: URLs end up in proxy and access logs.
+- No usable header: 401 (with `WWW-Authenticate`). A well-formed but unknown token: 403.
+- The presented token is hashed (SHA-256) and compared with every configured token's digest
+  by `hmac.compare_digest`, without an early exit: the time taken says nothing about which
+  token matched or how close a guess was.
+- A token is known by its SHA-256 hex digest: per-token connection limits, stream ownership
+  (`token_sha256` in meta.json) and logs (first 8 hex digits only) never see the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+log = logging.getLogger(__name__)
+
+MIN_TOKEN_LENGTH = 16
+# RFC 6750 b64token: what may follow "Bearer " without quoting.
+TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# Query parameters that clients commonly (and wrongly) use for credentials.
+QUERY_TOKEN_KEYS = frozenset({"token", "access_token", "bearer", "auth", "authorization",
+                              "api_key", "apikey", "key", "jwt", "password"})
+REALM = 'Bearer realm="echopanel-ingest"'
+AUTH_FAILURE_REASONS = ("missing", "malformed", "in_url", "invalid")
+
+
+class TokenError(ValueError):
+    """A configured token or token file is unusable; the message says why (never the token)."""
+
+
+def validate_token(token: str) -> None:
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise TokenError(f"tokens must be at least {MIN_TOKEN_LENGTH} characters; make one "
+                         "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if TOKEN_RE.fullmatch(token) is None:
+        raise TokenError("tokens may only contain A-Z a-z 0-9 - . _ ~ + / (and trailing =)")
+
+
+def split_tokens(text: str) -> list[str]:
+    """`ECHOPANEL_TOKEN`: one token or several, comma-separated."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def read_token_file(path: Path) -> list[str]:
+    """One token per line; blank lines and lines starting with '#' are ignored."""
+    try:
+        text = path.read_text()
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise TokenError(f"cannot read token file {path}: {e.strerror or e}") from None
+    tokens = [line.strip() for line in text.splitlines()
+              if line.strip() and not line.strip().startswith("#")]
+    if not tokens:
+        raise TokenError(f"token file {path} holds no tokens")
+    for i, token in enumerate(tokens):
+        try:
+            validate_token(token)
+        except TokenError as e:
+            raise TokenError(f"token file {path}, token #{i + 1}: {e}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("token file %s is readable by other users (chmod 600 it)", path)
+    return tokens
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is connecting: the SHA-256 of their token, or None when authentication is off."""
+
+    token_sha256: str | None
+
+    @property
+    def label(self) -> str:
+        """For logs: enough to tell tokens apart, useless to an attacker."""
+        return f"token:{self.token_sha256[:8]}" if self.token_sha256 else "anonymous"
+
+
+ANONYMOUS = Principal(None)
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    status: int  # 401 or 403
+    reason: str  # one of AUTH_FAILURE_REASONS (a metrics label)
+    detail: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.status == 401:
+            return {"WWW-Authenticate": REALM}
+        return {"WWW-Authenticate": REALM + ', error="invalid_token"'}
+
+
+class Authenticator:
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def _match(self, presented: str) -> str | None:
+        """The matching token's hex digest. Constant time in the presented token's value."""
+        digest = hashlib.sha256(presented.encode("utf-8", "replace")).digest()
+        matched: bytes | None = None
+        for known in self._digests:  # no early exit
+            if hmac.compare_digest(digest, known):
+                matched = known
+        return matched.hex() if matched is not None else None
+
+    def check(self, authorization: Sequence[str], query_string: str) -> Principal | Denial:
+        """`authorization`: every Authorization header value of the request."""
+        if not self.enabled:
+            return ANONYMOUS
+        if query_string and self._token_in_query(query_string):
+            return Denial(401, "in_url", "send the token in the Authorization header, never "
+                          "in the URL")
+        if not authorization:
+            return Denial(401, "missing", "missing 'Authorization: Bearer <token>' header")
+        if len(authorization) > 1:
+            return Denial(401, "malformed", "more than one Authorization header")
+        scheme, _, token = authorization[0].strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return Denial(401, "malformed", "the Authorization header must be "
+                          "'Bearer <token>'")
+        matched = self._match(token)
+        if matched is None:
+            return Denial(403, "invalid", "token not accepted")
+        return Principal(matched)
+
+    def _token_in_query(self, query_string: str) -> bool:
+        for key, value in parse_qsl(query_string, keep_blank_values=True):
+            if key.lower() in QUERY_TOKEN_KEYS:
+                return True
+            if len(value) >= MIN_TOKEN_LENGTH and self._match(value) is not None:
+                return True
+        return False

@@ -1,0 +1,113 @@
+"""One stream in memory: its metadata, its journal while open, and what is durable.
+
+`durable` is the journal position the last successful fsync covered: the only thing an ack
+or a welcome may promise (docs/protocol.md §2, §4). `sync()` is group commit: one fsync in a
+worker thread covers everything appended before it started. After a failed fsync the journal
+is cut back to `durable` (docs/storage.md "Disk faults") before anyone can append again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from typing import Protocol
+
+from .metrics import Metrics
+from .storage import Gap, Journal, Position, StreamMeta
+
+log = logging.getLogger(__name__)
+
+
+class Owner(Protocol):
+    """What the registry needs from a connection that owns a stream."""
+
+    async def supersede(self) -> None:
+        """Close with 4411 and return once this connection has finished its writes (§2)."""
+
+
+class Stream:
+    def __init__(self, meta: StreamMeta, journal: Journal | None, executor: Executor | None,
+                 idle_since: float, metrics: Metrics) -> None:
+        self.meta = meta
+        self.journal = journal  # None once finalized (or while being created)
+        self.durable = journal.position if journal else _final_position(meta)
+        self.owner: Owner | None = None
+        self.idle_since = idle_since
+        self.expiry_retry_at = 0.0  # after a failed expiry (disk full): not before this
+        self.duplicates = 0
+        self.lock = asyncio.Lock()  # state transitions: attach, end, expire, delete
+        self._sync_lock = asyncio.Lock()  # one fsync at a time; finalize closes the fd under it
+        self._executor = executor
+        self._metrics = metrics
+
+    @property
+    def stream_id(self) -> str:
+        return self.meta.stream_id
+
+    @property
+    def finalized(self) -> bool:
+        return self.meta.state == "finalized"
+
+    @property
+    def next_seq(self) -> int:
+        return self.journal.next_seq if self.journal else self.meta.next_seq
+
+    @property
+    def next_sample(self) -> int:
+        return self.journal.next_sample if self.journal else self.meta.next_sample
+
+    @property
+    def frames(self) -> int:
+        return self.journal.frames if self.journal else self.meta.frames
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return self.journal.gaps if self.journal else self.meta.gaps
+
+    @property
+    def pending(self) -> bool:
+        """Written but not yet covered by an fsync."""
+        return self.journal is not None and self.journal.position.size != self.durable.size
+
+    async def sync(self) -> bool:
+        """Group commit: one fsync covers everything written before it starts (§4).
+
+        Returns True if the durable position advanced (the caller then acks it). Raises
+        OSError if the fsync failed; the journal is then back at `durable`.
+        """
+        async with self._sync_lock:
+            return await self.sync_locked()
+
+    async def sync_locked(self) -> bool:
+        """`sync()` for a caller that holds the sync lock (see `sync_lock`)."""
+        journal = self.journal
+        if journal is None:
+            return False
+        target = journal.position
+        if target.size == self.durable.size:
+            return False
+        try:
+            seconds = await asyncio.get_running_loop().run_in_executor(self._executor,
+                                                                       journal.sync)
+        except OSError as e:
+            self._metrics.storage_errors["fsync"] += 1
+            # No await between here and the caller's reaction (the owner closes with 1013),
+            # so nothing is appended on top of the cut: the client replays from `durable`.
+            log.error("stream %s: fsync failed (%s); cutting the journal back to seq %d",
+                      self.stream_id, e, self.durable.next_seq,
+                      extra={"ctx": {"stream_id": self.stream_id, "error": str(e)}})
+            journal.rollback(self.durable)  # raises (and marks it broken) if the cut fails
+            raise
+        self._metrics.fsync_latency.observe(seconds)
+        self.durable = target
+        return True
+
+    @property
+    def sync_lock(self) -> asyncio.Lock:
+        """Held while the journal fd may not change hands (finalize, shutdown)."""
+        return self._sync_lock
+
+
+def _final_position(meta: StreamMeta) -> Position:
+    return Position(0, meta.next_seq, meta.next_sample, meta.frames, len(meta.gaps))
