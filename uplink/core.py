@@ -150,6 +150,7 @@ class UplinkCore:
         # per-connection state
         self._send_seq = 0  # next seq to send on this connection
         self._window = config.window_frames
+        self._server_idle = float("inf")  # the server's idle timeout, from welcome (§2)
         self._max_payload = config.max_coalesce_bytes
         self._end_sent = False
         self._carried_audio = False  # this connection advanced an ack or answered a ping
@@ -305,6 +306,7 @@ class UplinkCore:
         self._end_sent = False
         self._carried_audio = False
         self._window = max(1, min(self.config.window_frames, msg.max_inflight_frames))
+        self._server_idle = msg.idle_timeout if msg.idle_timeout > 0 else float("inf")
         self._max_payload = min(
             self.config.max_coalesce_bytes, msg.max_message_bytes - wire.HEADER_SIZE
         )
@@ -386,7 +388,8 @@ class UplinkCore:
 
     def _schedule_ping(self, now: float) -> None:
         if self._in_flight() == 0 and not self._end_sent:
-            self._ping_at = now + self.config.heartbeat_interval
+            # never let an idle link reach the server's idle timeout (it closes with 4408)
+            self._ping_at = now + min(self.config.heartbeat_interval, self._server_idle / 2)
 
     def _mark_healthy(self) -> None:
         """The link demonstrably works: reset backoff, feed the breaker (once per link)."""

@@ -394,3 +394,9 @@ def test_lost_ended_is_recovered_by_resending_end() -> None:
 
 def test_config_is_replaceable() -> None:
     assert replace(UplinkConfig(), ack_timeout=1.0).ack_timeout == 1.0
+
+
+def test_idle_pings_come_before_the_servers_idle_timeout() -> None:
+    core = make(config=UplinkConfig(heartbeat_interval=30.0))  # production-like
+    connect(core, now=0.0)  # the server announces idle_timeout 15 s
+    assert core.next_deadline() == 7.5
