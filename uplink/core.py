@@ -160,8 +160,8 @@ class UplinkCore:
         self._handshake_deadline: float | None = None
         self._retry_at: float | None = None
         self._lost_at: float | None = None
-        self._replay_until = 0  # seqs below this were sent on an earlier connection
         self._highest_sent = 0
+        self._gaps_in_flight: list[tuple[int, int]] = []  # GAP items sent, not yet acked
 
     # -- events ---------------------------------------------------------------------------
 
@@ -302,6 +302,7 @@ class UplinkCore:
             self._lost_at = None
         self.budget.connected()
         self._apply_ack(msg.next_seq, msg.next_sample)
+        self._gaps_in_flight.clear()  # the server never saw them: they are sent again
         self._send_seq = msg.next_seq
         self._end_sent = False
         self._carried_audio = False
@@ -338,6 +339,12 @@ class UplinkCore:
         return self._pump(now)
 
     def _apply_ack(self, next_seq: int, next_sample: int) -> None:
+        if self._gaps_in_flight:
+            # a GAP the server acknowledged is a recorded loss: count it exactly (§8)
+            for first, end in self._gaps_in_flight:
+                if end <= next_seq:
+                    self.ring.confirm_gap(first, end)
+            self._gaps_in_flight = [g for g in self._gaps_in_flight if g[1] > next_seq]
         self.ring.ack(next_seq, next_sample)
         self.counters.acked_seq = max(self.counters.acked_seq, next_seq)
         self.counters.acked_sample = max(self.counters.acked_sample, next_sample)
@@ -368,11 +375,12 @@ class UplinkCore:
             if isinstance(run, AudioRun):
                 data = wire.encode_audio(epoch, run.seq, run.sample_pos, run.count, run.payload)
                 self.counters.frames_sent += run.count
+                replayed = min(run.seq + run.count, self._highest_sent) - run.seq
+                if replayed > 0:
+                    self.counters.frames_replayed += replayed
             else:
                 data = wire.encode_gap(epoch, run.seq, run.sample_pos, run.count, run.end_sample)
-            replayed = min(run.seq + run.count, self._highest_sent) - run.seq
-            if replayed > 0:
-                self.counters.frames_replayed += replayed
+                self._gaps_in_flight.append((run.seq, run.seq + run.count))
             self._highest_sent = max(self._highest_sent, run.seq + run.count)
             self._send_seq = run.seq + run.count
             self.counters.messages_sent += 1

@@ -15,8 +15,12 @@ The ring holds every item from the oldest unacked (``head_seq``) to the newest
 - ``OverflowPolicy.BLOCK`` (sources that can wait, e.g. a file read at full speed): the
   producer waits until an ack frees a slot.
 - ``OverflowPolicy.DROP_OLDEST`` (live sources: a microphone cannot wait): the oldest
-  unacked slot is discarded and folded into a single *front gap*, which the uplink sends as
-  a GAP item before anything newer (docs/protocol.md §8). Drops are counted.
+  unacked slot is evicted and folded into a single *front gap*, which the uplink sends as
+  a GAP item before anything newer (docs/protocol.md §8). The front gap remembers its
+  evicted slots as runs (seq, count, samples each), so a GAP can start at any seq with its
+  exact sample position, and so loss is counted exactly: ``frames_dropped`` /
+  ``samples_dropped`` grow only when the server acknowledges a GAP (``confirm_gap``) — an
+  evicted frame that had reached the server before the outage is not counted as lost.
 
 Thread safety: one producer thread (or the PortAudio callback) and one consumer (the asyncio
 uplink). A single lock guards the indices; it is held only for O(1) bookkeeping and one
@@ -29,11 +33,13 @@ from __future__ import annotations
 import math
 import threading
 from array import array
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from uplink.audio import AudioFormat
+from uplink.wire import MAX_COUNT
 
 KIND_AUDIO = 0
 KIND_GAP = 1
@@ -69,6 +75,17 @@ class GapRun:
 
 
 Run = AudioRun | GapRun
+
+
+@dataclass(slots=True)
+class _Evicted:
+    """`count` consecutive evicted slots of one kind and length, contiguous in samples."""
+
+    seq: int
+    count: int
+    nsamples: int
+    sample_pos: int
+    audio: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +127,12 @@ class RingBuffer:
         self._head = 0  # oldest seq held (== acked next_seq unless a front gap is pending)
         self._tail = 0  # next seq to assign
         self._next_sample = 0
-        self._gap_first: int | None = None  # front gap covers [gap_first, head)
-        self._gap_first_sample = 0
+        self._evicted: deque[_Evicted] = deque()  # the front gap: exactly [first, head)
         self._closed = False
         self._aborted = False
-        self.frames_dropped = 0
+        self.frames_dropped = 0  # lost: evicted and recorded by the server as a gap
         self.samples_dropped = 0
+        self.frames_evicted = 0  # evicted before being acked (some may have reached the server)
         self.on_data: Callable[[], None] | None = None
 
     # -- capacity ------------------------------------------------------------------------
@@ -181,12 +198,14 @@ class RingBuffer:
 
     def _drop_oldest(self) -> None:
         slot = self._head % self.slots
-        if self._gap_first is None:
-            self._gap_first = self._head
-            self._gap_first_sample = self._sample_pos[slot]
-        if self._kind[slot] == KIND_AUDIO:
-            self.frames_dropped += 1
-            self.samples_dropped += self._nsamples[slot]
+        audio = self._kind[slot] == KIND_AUDIO
+        nsamples = self._nsamples[slot]
+        last = self._evicted[-1] if self._evicted else None
+        if last is not None and last.audio == audio and last.nsamples == nsamples:
+            last.count += 1
+        else:
+            self._evicted.append(_Evicted(self._head, 1, nsamples, self._sample_pos[slot], audio))
+        self.frames_evicted += audio
         self._head += 1
 
     def _commit_slot(self, slot: int, kind: int, nsamples: int) -> None:
@@ -213,27 +232,50 @@ class RingBuffer:
     def first_seq(self) -> int:
         """The oldest seq the uplink still has to get acked (a pending gap counts)."""
         with self._lock:
-            return self._gap_first if self._gap_first is not None else self._head
+            return self._evicted[0].seq if self._evicted else self._head
 
     def ack(self, next_seq: int, next_sample: int) -> None:
         """The server holds everything below next_seq durably: free those slots.
 
-        If the server turns out to hold part of a pending front gap (frames that were in
-        flight when they were dropped), the gap shrinks and the drop counters are corrected.
+        `next_sample` is the server's sample position at `next_seq` (kept for symmetry with
+        the wire ack; the evicted runs already know every position).
         """
+        del next_sample
         with self._lock:
-            if self._gap_first is not None and next_seq > self._gap_first:
-                if next_seq >= self._head:
-                    self._gap_first = None
+            while self._evicted and self._evicted[0].seq < next_seq:
+                run = self._evicted[0]
+                done = min(run.count, next_seq - run.seq)
+                if done == run.count:
+                    self._evicted.popleft()
                 else:
-                    self.frames_dropped -= next_seq - self._gap_first
-                    self.samples_dropped -= next_sample - self._gap_first_sample
-                    self._gap_first = next_seq
-                    self._gap_first_sample = next_sample
+                    run.seq += done
+                    run.count -= done
+                    run.sample_pos += done * run.nsamples
             target = min(next_seq, self._tail)
             if target > self._head:
                 self._head = target
                 self._space.notify_all()
+
+    def confirm_gap(self, first_seq: int, end_seq: int) -> None:
+        """The server acknowledged a GAP over [first_seq, end_seq): count what it lost.
+
+        Call before `ack` frees those seqs.
+        """
+        with self._lock:
+            for run in self._evicted:
+                lo, hi = max(first_seq, run.seq), min(end_seq, run.seq + run.count)
+                if lo < hi and run.audio:
+                    self.frames_dropped += hi - lo
+                    self.samples_dropped += (hi - lo) * run.nsamples
+
+    def _sample_at(self, seq: int) -> int:
+        """Sample position of `seq` in [front gap start, tail] (lock held)."""
+        for run in self._evicted:
+            if run.seq <= seq < run.seq + run.count:
+                return run.sample_pos + (seq - run.seq) * run.nsamples
+        if seq < self._tail:
+            return self._sample_pos[seq % self.slots]
+        return self._next_sample
 
     def read(self, from_seq: int, max_frames: int, max_bytes: int) -> Run | None:
         """Copy out the run starting at from_seq (None if nothing is there yet).
@@ -243,14 +285,12 @@ class RingBuffer:
         """
         with self._lock:
             if from_seq < self._head:
-                if self._gap_first is None or from_seq < self._gap_first:
+                if not self._evicted or from_seq < self._evicted[0].seq:
                     raise ValueError(f"seq {from_seq} was already released (head {self._head})")
-                end_sample = (
-                    self._sample_pos[self._head % self.slots]
-                    if self._head < self._tail
-                    else self._next_sample
+                count = min(self._head - from_seq, MAX_COUNT)
+                return GapRun(
+                    from_seq, count, self._sample_at(from_seq), self._sample_at(from_seq + count)
                 )
-                return GapRun(from_seq, self._head - from_seq, self._gap_first_sample, end_sample)
             if from_seq >= self._tail:
                 return None
             slot = from_seq % self.slots

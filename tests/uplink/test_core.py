@@ -354,20 +354,63 @@ def test_overflow_during_outage_is_reported_as_a_gap_first() -> None:
         core.ring.push(b"\x01" * 640)
     core.data_available(0.0)
     core.connection_closed(None, "", 0.0)
-    for _ in range(6):  # 8 frames into 5 slots: seqs 0..2 dropped
+    for _ in range(6):  # 8 frames into 5 slots: seqs 0..2 evicted
         core.ring.push(b"\x02" * 640)
-    assert core.ring.frames_dropped == 3
+    assert core.ring.frames_evicted == 3 and core.ring.frames_dropped == 0
     core.tick(100.0)
     core.connection_opened(100.0)
     # the server had received seq 0 before the outage
     actions = core.text_received(welcome(next_seq=1), 100.0)
     items = binaries(actions)
     gap = items[0]
-    assert (gap.kind, gap.seq, gap.count) == (wire.KIND_GAP, 1, 2)
+    assert (gap.kind, gap.seq, gap.count, gap.sample_pos) == (wire.KIND_GAP, 1, 2, 320)
     gap_msg = next(a for a in actions if isinstance(a, SendBinary))
     assert wire.decode_gap_end(gap_msg.data) == 960
     assert (items[1].kind, items[1].seq) == (wire.KIND_AUDIO, 3)
-    assert core.ring.frames_dropped == 2  # corrected: the server had one of them
+    core.text_received(ack(3), 100.1)
+    # counted exactly when the server acknowledged the gap: it had one of the three
+    assert (core.ring.frames_dropped, core.ring.samples_dropped) == (2, 640)
+
+
+def test_drop_while_streaming_sends_a_gap_with_the_exact_sample_position() -> None:
+    core = make(capacity=0.1, config=UplinkConfig(window_frames=2))  # 5 slots
+    connect(core)
+    for _ in range(2):
+        core.ring.push(b"\x01" * 640)
+    assert sum(i.count for i in binaries(core.data_available(0.0))) == 2  # 0, 1 in flight
+    for _ in range(6):  # seqs 2..7: evicts 0, 1 (in flight) and 2 (never sent)
+        core.ring.push(b"\x02" * 640)
+    actions = core.text_received(ack(1), 0.1)  # the server had seq 0
+    [gap] = binaries(actions)  # the window has room for one item
+    # the GAP starts at the send cursor, with that seq's own sample position (§3)
+    assert (gap.kind, gap.seq, gap.count, gap.sample_pos) == (wire.KIND_GAP, 2, 1, 640)
+    [audio] = binaries(core.text_received(ack(3), 0.2))  # seq 1 had arrived, seq 2 is a gap
+    assert (audio.kind, audio.seq, audio.sample_pos) == (wire.KIND_AUDIO, 3, 960)
+    assert (core.ring.frames_dropped, core.ring.samples_dropped) == (1, 320)
+    assert (core.ring.frames_dropped, core.ring.samples_dropped) == (1, 320)
+
+
+def test_evicted_frames_that_reached_the_server_are_not_counted_as_lost() -> None:
+    core = make(capacity=0.1)  # 5 slots
+    connect(core)
+    for _ in range(5):
+        core.ring.push(b"\x01" * 640)
+    core.data_available(0.0)  # seqs 0..4 in flight
+    for _ in range(3):
+        core.ring.push(b"\x02" * 640)  # evicts 0..2, which are in flight
+    assert core.ring.frames_evicted == 3
+    core.text_received(ack(5), 0.1)  # the server had them all
+    assert core.ring.frames_dropped == 0
+
+
+def test_a_gap_longer_than_a_message_can_carry_is_split() -> None:
+    ring = RingBuffer(FMT, FRAME, 0.1)  # 5 slots
+    for _ in range(wire.MAX_COUNT + 10):
+        ring.push(b"\x01" * 640)
+    run = ring.read(0, 10, 1 << 20)
+    assert run is not None and run.count == wire.MAX_COUNT
+    nxt = ring.read(wire.MAX_COUNT, 10, 1 << 20)
+    assert nxt is not None and nxt.seq == wire.MAX_COUNT and nxt.sample_pos == wire.MAX_COUNT * FRAME
 
 
 def test_finalized_stream_with_undelivered_audio_fails_clearly() -> None:
