@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -50,16 +51,26 @@ class Capture:
         assert ok, f"no {pattern!r} in stderr within {timeout} s:\n" + "\n".join(self.lines)
         return next(line for line in self.lines if rx.search(line))
 
+    def interrupt(self) -> None:
+        """Ctrl-C: stop capturing, deliver what is buffered, exit 0 once acked."""
+        self.proc.send_signal(signal.SIGINT)
+
     def finish(self, timeout: float = 60.0) -> tuple[int, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout)
         return self.proc.returncode, out
 
 
-def speech_clip(tmp_path: Path, seconds: float = 2.5) -> Path:
+def speech_clip(tmp_path: Path, seconds: float = 2.5) -> tuple[Path, Path]:
+    """(speech, the same speech followed by 1 s of silence to play: when paplay returns, the
+    speech itself has passed PulseAudio's buffers and reached the microphone)."""
     fmt, data = read_wav(bundled_recording())
-    path = tmp_path / "played.wav"
-    write_wav(path, fmt, data[: int(seconds * fmt.sample_rate) * fmt.block_align])
-    return path
+    speech = data[: int(seconds * fmt.sample_rate) * fmt.block_align]
+    ref, padded = tmp_path / "speech.wav", tmp_path / "played.wav"
+    write_wav(ref, fmt, speech)
+    write_wav(padded, fmt, speech + bytes(fmt.bytes_per_second))
+    return ref, padded
 
 
 def stored_wav(server: IngestServer, stream_id: str) -> bytes:
@@ -83,14 +94,14 @@ def test_list_devices_shows_the_virtual_microphone(mic: VirtualMic) -> None:
 def test_microphone_capture_is_stored_exactly_as_teed_and_matches_what_was_played(
     mic: VirtualMic, tmp_path: Path
 ) -> None:
-    played = speech_clip(tmp_path)
+    speech, played = speech_clip(tmp_path)
     tee = tmp_path / "tee.wav"
     with IngestServer(tmp_path / "data") as server:
         cap = Capture(mic.client_env(), "--server", server.url, "--stream-id", "mic-1",
-                      "--device", "panel_mic", "--tee", str(tee), "--duration", "5",
-                      "--status", "lines")
+                      "--device", "panel_mic", "--tee", str(tee), "--status", "lines")
         cap.wait_for(r"\] connected")
         mic.play(played, wait=True, timeout=20)
+        cap.interrupt()
         code, out = cap.finish()
         assert code == 0, "\n".join(cap.lines)
         assert "stream_id: mic-1" in out
@@ -101,8 +112,8 @@ def test_microphone_capture_is_stored_exactly_as_teed_and_matches_what_was_playe
     stored_fmt, stored_data = read_wav(stored_path)
     assert stored_fmt == tee_fmt
     assert stored_data == tee_data  # the server holds exactly what was captured
-    assert len(tee_data) >= 4 * tee_fmt.bytes_per_second
-    ref_fmt, ref = read_wav(played)
+    assert len(tee_data) >= 2 * tee_fmt.bytes_per_second
+    ref_fmt, ref = read_wav(speech)
     lag, corr = best_alignment(decode(ref, ref_fmt.sample_type, 1)[:, 0],
                                decode(tee_data, tee_fmt.sample_type, 1)[:, 0])
     assert corr > CORRELATION_THRESHOLD, f"correlation {corr:.3f} at lag {lag}"
@@ -112,20 +123,21 @@ def test_device_that_disappears_is_reopened_and_the_gap_recorded(mic: VirtualMic
     tee = tmp_path / "tee.wav"
     with IngestServer(tmp_path / "data") as server:
         cap = Capture(mic.client_env(), "--server", server.url, "--stream-id", "mic-loss",
-                      "--device", "echopanel_mic", "--tee", str(tee), "--duration", "6",
-                      "--status", "lines")
+                      "--device", "echopanel_mic", "--tee", str(tee), "--status", "lines")
         cap.wait_for(r"\] connected")
         mic.unload_source()
-        cap.wait_for(r"(?i)lost|gone|error", timeout=10)
+        cap.wait_for(r"microphone .* lost", timeout=10)
         mic.load_source()
-        cap.wait_for(r"(?i)reopen|recovered|back", timeout=20)
+        back = cap.wait_for(r"back after .* recorded a gap of (\d+) samples", timeout=20)
+        cap.interrupt()
         code, _ = cap.finish()
         assert code == 0, "\n".join(cap.lines)
         info = details(server, "mic-loss")
         stored = stored_wav(server, "mic-loss")
     gaps = info["gaps"]
-    assert isinstance(gaps, list) and len(gaps) >= 1
-    assert all(g["end_sample"] > g["start_sample"] for g in gaps)
+    assert isinstance(gaps, list) and len(gaps) == 1
+    reported = int(re.search(r"gap of (\d+) samples", back).group(1))  # type: ignore[union-attr]
+    assert gaps[0]["end_sample"] - gaps[0]["start_sample"] == reported > 0
     stored_path = tmp_path / "stored.wav"
     stored_path.write_bytes(stored)
     assert read_wav(stored_path)[1] == read_wav(tee)[1]  # gaps are silence in both
@@ -156,7 +168,7 @@ def _read_pty(fd: int, until: Callable[[], bool], timeout: float) -> str:
 def test_live_status_panel_in_a_pseudo_terminal_shows_states_and_a_moving_meter(
     mic: VirtualMic, tmp_path: Path
 ) -> None:
-    played = speech_clip(tmp_path, 3.0)
+    _, played = speech_clip(tmp_path, 3.0)
     with IngestServer(tmp_path / "data") as server:
         master, slave = pty.openpty()
         env = {**mic.client_env(), "COLUMNS": "160", "TERM": "xterm-256color"}
