@@ -1,8 +1,9 @@
 """`echopanel-capture`: a source → frame cutter → ring → uplink, wired and supervised.
 
 Exit status: 0 only after the server acked end-of-stream; 1 on a fatal error (one line on
-stderr saying why, and how much audio was not delivered); 2 on bad usage; 130 when a second
-Ctrl-C abandoned the drain.
+stderr saying why, and how much audio was not delivered); 2 on bad usage; 3 when everything
+captured was delivered but the source itself failed early (e.g. a read error in the file);
+130 when a second Ctrl-C abandoned the drain.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from capture.frames import FrameCutter
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-id", help="stream id (default: a new one, printed on stdout)")
     p.add_argument("--token", default=env("ECHOPANEL_TOKEN"),
                    help="bearer token for the server (env ECHOPANEL_TOKEN)")
-    p.add_argument("--profile", choices=sorted(PROFILES), default=env("ECHOPANEL_PROFILE", "live"),
-                   help="uplink defaults (env ECHOPANEL_PROFILE; default %(default)s)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=env("ECHOPANEL_UPLINK_PROFILE", "live"),
+                   help="uplink defaults (env ECHOPANEL_UPLINK_PROFILE; default %(default)s)")
     p.add_argument("--duration", type=float, metavar="SECONDS",
                    help="stop capturing after this long (then deliver what is buffered)")
     p.add_argument("--tee", metavar="FILE.wav", help="also keep a local copy of what was captured")
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     mic.add_argument("--blocksize", type=int, help="samples per callback (default: one frame)")
     mic.add_argument("--latency", default="0.1",
                      help="PortAudio input latency: seconds, 'low' or 'high' (default %(default)s)")
-    tuning = p.add_argument_group("uplink tuning (each also ECHOPANEL_<NAME>)")
+    tuning = p.add_argument_group("uplink tuning (each also env ECHOPANEL_UPLINK_<NAME>)")
     for name in flat_option_names():
         tuning.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar="VALUE")
     return p
@@ -99,7 +100,11 @@ def list_devices() -> int:
     return 0
 
 
-def open_source(args: argparse.Namespace, frame_samples_for: Any, on_event: Any) -> Source:
+def open_source(
+    args: argparse.Namespace,
+    frame_samples_for: Callable[[int], int],
+    on_event: Callable[[str], None],
+) -> Source:
     if args.input:
         from capture.wav_source import WavFileSource
 
@@ -153,7 +158,8 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
     mode = "quiet" if args.quiet else args.status
     if mode == "auto":
         mode = "panel" if sys.stderr.isatty() else "lines"
-    reporter = StatusReporter(client, mode, json_out=json_out)
+    reporter = StatusReporter(client, mode, json_out=json_out,
+                              source_stats=getattr(source, "stats", None))
 
     sink: FrameSink = FrameCutter(ring)
     tee = TeeSink(sink, args.tee, fmt) if args.tee else None
@@ -169,17 +175,24 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
 
     loop = asyncio.get_running_loop()
     interrupts = 0
+    stopping = False
 
     def stop_capture() -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
         reporter.draining()
-        source.stop()
+        # stopping a microphone joins its monitor thread: keep the event loop free
+        loop.run_in_executor(None, source.stop)
 
     def on_interrupt() -> None:
         nonlocal interrupts
         interrupts += 1
-        if interrupts == 1:
+        if not stopping:
             stop_capture()
         else:
+            interrupts = max(interrupts, 2)
             client.give_up("interrupted before everything was delivered")
 
     with contextlib.suppress(NotImplementedError):
@@ -216,7 +229,9 @@ def report(result: UplinkResult, source: Source, interrupts: int, quiet: bool) -
                 file=sys.stderr,
             )
         if source.error is not None:
-            print(f"{PROG}: warning: source stopped early: {source.error}", file=sys.stderr)
+            print(f"{PROG}: error: the source stopped early: {source.error} (what it captured "
+                  "was delivered)", file=sys.stderr)
+            return 3
         return 0
     print(
         f"{PROG}: error: {result.error}; {s.ring.buffered_seconds:.2f} s of captured audio "

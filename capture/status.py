@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -59,13 +60,17 @@ class StatusReporter:
     json_out: TextIO | None = None
     err: TextIO | None = None
     refresh_hz: float = 8.0
+    #: the microphone's counters (overflows, device errors, reopens), when there is one
+    source_stats: Callable[[], Any] | None = None
 
     def __post_init__(self) -> None:
         self._started = time.monotonic()
         self._phase = "capturing"
         self._level = Level(SILENCE_DBFS, SILENCE_DBFS, False)
         self._clip_until = 0.0
-        self._console = Console(file=self.err, stderr=self.err is None, highlight=False)
+        # soft_wrap: in lines mode a state change stays one line, whatever the width
+        self._console = Console(file=self.err, stderr=self.err is None, highlight=False,
+                                soft_wrap=True)
         self._live: Live | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -169,6 +174,19 @@ class StatusReporter:
             "frames_replayed": stats.counters.frames_replayed,
             "frames_dropped": ring.frames_dropped,
             "breaker": stats.breaker,
+            **self._source_counters(),
+        }
+
+    def _source_counters(self) -> dict[str, Any]:
+        if self.source_stats is None:
+            return {}
+        mic = self.source_stats()
+        return {
+            "input_overflows": mic.overflows,
+            "device_errors": mic.device_errors,
+            "device_reopens": mic.reopens,
+            "source_gap_samples": mic.gap_samples,
+            "max_callback_interval": round(mic.max_callback_interval, 3),
         }
 
     def _emit_json(self, kind: str, **fields: Any) -> None:
@@ -198,6 +216,8 @@ class StatusReporter:
         text.append(f"│ ↻ {s['reconnects']} ", style="yellow" if s["reconnects"] else "")
         text.append(f"│ replayed {s['frames_replayed']} ")
         text.append(f"│ dropped {s['frames_dropped']}", style="bold red" if s["frames_dropped"] else "")
+        if s.get("input_overflows"):
+            text.append(f" │ overflows {s['input_overflows']}", style="bold red")
         if state == "reconnecting" and s["retry_in"] is not None:
             text.append(f" │ retry in {s['retry_in']:.1f} s", style="yellow")
         return text

@@ -83,9 +83,11 @@ def main() -> int:
         capture = [sys.executable, "-m", "capture", "--server", url]
         mic = None if args.input else microphone_available()
         source_path: Path | None = None
+        tee_path: Path | None = None
         if mic:
             print(f"[demo] microphone found ({mic}): capturing {args.seconds:g} s from it")
-            capture += ["--duration", str(args.seconds)]
+            tee_path = data_dir.parent / "demo-mic-tee.wav"
+            capture += ["--duration", str(args.seconds), "--tee", str(tee_path)]
         else:
             source_path = args.input or bundled_recording()
             why = "as asked" if args.input else "no microphone found"
@@ -107,14 +109,19 @@ def main() -> int:
             details = json.load(resp)
         wav_path = data_dir / "streams" / stream_id / "audio.wav"
         print(f"[demo] stored: {json.dumps(details, indent=2)}")
-        if source_path is not None:
-            _, sent = read_wav(source_path)
+        reference = source_path or tee_path
+        if reference is not None:
+            _, sent = read_wav(reference)
             _, stored = read_wav(wav_path)
-            verdict = "sample-identical to the source" if sent == stored else "DIFFERENT from the source"
+            what = "the source" if source_path else f"the local --tee copy {reference}"
+            verdict = f"sample-identical to {what}" if sent == stored else f"DIFFERENT from {what}"
             print(f"[demo] stored audio is {verdict} ({len(stored)} bytes)")
         print(f"[demo] the audio landed in {wav_path}")
-        print(f"[demo] fetch it over HTTP: curl -o {stream_id}.wav {http}/v1/streams/{stream_id}/audio.wav")
-        print(f"[demo] list all streams:  curl {http}/v1/streams")
+        print("[demo] the demo server stops now; to fetch the audio over HTTP, run the server "
+              "again on the same data dir and ask it:")
+        print(f"[demo]   .venv/bin/echopanel-ingest --port {port} --data-dir {data_dir} &")
+        print(f"[demo]   curl -o {stream_id}.wav {http}/v1/streams/{stream_id}/audio.wav")
+        print(f"[demo]   curl {http}/v1/streams")
         return 0
     finally:
         server.send_signal(signal.SIGTERM)

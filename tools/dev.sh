@@ -30,9 +30,21 @@ install_system_packages() {
 }
 
 setup_venv() {
-  if [ ! -x "$VENV/bin/python" ]; then
+  if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    log "Python 3.11 or newer is needed (python3 is $(python3 --version 2>&1))"
+    exit 1
+  fi
+  if [ ! -x "$VENV/bin/python" ] || [ ! -x "$VENV/bin/pip" ]; then
     log "creating venv in .venv"
-    python3 -m venv "$VENV"
+    rm -rf "$VENV"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+      # Debian's system Python ships venv separately
+      if [ "$(id -u)" -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      fi
+      rm -rf "$VENV"
+      python3 -m venv "$VENV" || { log "python3 -m venv failed: install python3-venv"; exit 1; }
+    fi
   fi
   local stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
   if [ ! -f "$stamp" ]; then

@@ -59,7 +59,7 @@ PROFILES: dict[str, UplinkConfig] = {
 
 _SECTIONS = ("backoff", "breaker", "budget")
 
-# Flat names for flags and ECHOPANEL_* environment variables → (section, field).
+# Flat names for flags and ECHOPANEL_UPLINK_* environment variables → (section, field).
 _FLAT: dict[str, tuple[str | None, str]] = {
     **{f.name: (None, f.name) for f in fields(UplinkConfig) if f.name not in _SECTIONS},
     "backoff_base": ("backoff", "base"),
@@ -83,14 +83,18 @@ def build_config(
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
 ) -> UplinkConfig:
-    """Profile, then ECHOPANEL_<NAME> environment variables, then explicit overrides."""
+    """Profile, then ECHOPANEL_UPLINK_<NAME> environment variables, then explicit overrides.
+
+    The UPLINK_ prefix keeps the client's settings apart from the server's ECHOPANEL_<NAME>
+    (both have e.g. a handshake timeout, with different meanings).
+    """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
     config = PROFILES[profile]
     env = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
     for name in _FLAT:
-        raw = env.get(f"ECHOPANEL_{name.upper()}")
+        raw = env.get(f"ECHOPANEL_UPLINK_{name.upper()}")
         if raw is not None and raw != "":
             merged[name] = raw
     for name, value in (overrides or {}).items():

@@ -26,6 +26,7 @@ from uplink.errors import (
     ConnectionDropped,
     FatalError,
     HandshakeRefused,
+    Interrupted,
     LinkDead,
     LocalProtocolError,
     RetriableError,
@@ -263,7 +264,7 @@ class UplinkCore:
         """Give up now (the user insisted): fail with `reason`, keep the audio."""
         if self.state in (State.DONE, State.FAILED):
             return []
-        return self._fail(RetryBudgetExhausted(reason), now)
+        return self._fail(Interrupted(reason), now)
 
     # -- derived state --------------------------------------------------------------------
 
@@ -433,7 +434,9 @@ class UplinkCore:
         if spent is not None:
             return self._fail(RetryBudgetExhausted(f"{spent}; last error: {error}"), now)
         retry_at = now + delay
-        until = self.breaker.open_until
+        # the breaker protects a server we were streaming to; before the first connection
+        # the attempt budget decides (a wrong address should fail fast, not wait it out)
+        until = self.breaker.open_until if self.budget.established else None
         if until is not None:
             retry_at = max(retry_at, until)
         self._retry_at = retry_at
@@ -445,7 +448,7 @@ class UplinkCore:
         return [self._publish(ConnectionState("reconnecting", attempt, retry_at, reason))]
 
     def _attempt(self, now: float) -> list[Action]:
-        if not self.breaker.allow(now):
+        if self.budget.established and not self.breaker.allow(now):
             until = self.breaker.open_until
             self._retry_at = until if until is not None else now
             self.state = State.WAITING
@@ -462,7 +465,7 @@ class UplinkCore:
         self.ring.abort()  # wake a producer waiting for space; the audio stays in the ring
         actions: list[Action] = []
         if prior in (State.HANDSHAKING, State.STREAMING):
-            code = 1002 if isinstance(error, ServerProtocolError) else 1000
+            code = 1002 if isinstance(error, ServerProtocolError) else 1001
             actions.append(CloseConnection(code, str(error)[:120]))
         actions += [self._publish(ConnectionState("failed", reason=str(error))), Failed(error)]
         return actions

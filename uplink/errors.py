@@ -8,7 +8,8 @@
     └── FatalError              the uplink stops, says why, and keeps the buffered audio
         ├── HandshakeRefused    HTTP 401/403/404 on the upgrade, or a fatal close code
         ├── ServerProtocolError the server broke protocol v1 (or lost acknowledged audio)
-        └── RetryBudgetExhausted gave up after the configured attempts / outage time
+        ├── RetryBudgetExhausted gave up after the configured attempts / outage time
+        └── Interrupted         the user stopped the uplink before everything was delivered
 
 The asyncio layer translates socket and websockets exceptions into these at the boundary
 (``raise ConnectFailed(...) from e``) so the sans-I/O core only ever sees this hierarchy.
@@ -54,7 +55,9 @@ class LinkDead(RetriableError):
 class HandshakeRefused(FatalError):
     """The server refused us for good: HTTP 401/403/404 or a fatal close code."""
 
-    def __init__(self, message: str, code: int | None = None, http_status: int | None = None):
+    def __init__(
+        self, message: str, code: int | None = None, http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.http_status = http_status
@@ -66,6 +69,10 @@ class ServerProtocolError(FatalError):
 
 class RetryBudgetExhausted(FatalError):
     """The retry budget (attempts before the first connection, or outage time) ran out."""
+
+
+class Interrupted(FatalError):
+    """The user gave up waiting (e.g. a second Ctrl-C); the audio stays in the ring."""
 
 
 class LocalProtocolError(RuntimeError):

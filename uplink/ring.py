@@ -157,8 +157,9 @@ class RingBuffer:
             start = slot * self.frame_bytes
             self._view[start : start + n] = data
             self._commit_slot(slot, KIND_AUDIO, n // self.format.block_align)
-        if self.on_data is not None:
-            self.on_data()
+        wake = self.on_data  # read once: the uplink may clear it concurrently
+        if wake is not None:
+            wake()
 
     def push_gap(self, nsamples: int) -> None:
         """Record that `nsamples` sample frames were lost at the source (e.g. input overflow)."""
@@ -167,16 +168,18 @@ class RingBuffer:
         with self._lock:
             slot = self._reserve_slot()
             self._commit_slot(slot, KIND_GAP, nsamples)
-        if self.on_data is not None:
-            self.on_data()
+        wake = self.on_data  # read once: the uplink may clear it concurrently
+        if wake is not None:
+            wake()
 
     def close(self) -> None:
         """No more input: the uplink ends the stream once everything is acked."""
         with self._lock:
             self._closed = True
             self._space.notify_all()
-        if self.on_data is not None:
-            self.on_data()
+        wake = self.on_data  # read once: the uplink may clear it concurrently
+        if wake is not None:
+            wake()
 
     def abort(self) -> None:
         """Wake a producer blocked on a full ring (the uplink failed or was cancelled)."""

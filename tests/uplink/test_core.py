@@ -205,17 +205,21 @@ def test_refused_connections_back_off_then_breaker_opens() -> None:
     )
     core = make(config=cfg)
     now = 0.0
-    core.start(now)
+    connect(core, now)  # an established stream: the breaker guards its server
+    core.connection_closed(None, "", now)
+    assert core._retry_at is not None
+    now = core._retry_at
+    core.tick(now)
     delays = []
-    for _ in range(3):
+    for _ in range(2):
         core.connection_failed(ConnectFailed("refused"), now)
         assert core._retry_at is not None
         delays.append(core._retry_at - now)
         now = core._retry_at
         assert OpenConnection() in core.tick(now)
-    assert delays[:2] == [0.5, 1.0]
+    assert delays[0] == 1.0  # attempt 2 (the drop itself was attempt 1)
     assert core.breaker.times_opened == 1
-    assert delays[2] == pytest.approx(30.0)  # held off until the breaker half-opens
+    assert delays[1] == pytest.approx(30.0)  # held off until the breaker half-opens
     assert core.breaker.state is BreakerState.HALF_OPEN  # the trial connection is running
     # half-open trial succeeds: two acks close the breaker
     core.connection_opened(now)
@@ -256,6 +260,19 @@ def test_try_again_later_backs_off_further() -> None:
     connect(core)
     core.connection_closed(wire.CloseCode.TRY_AGAIN_LATER, "disk full", 0.0)
     assert core.backoff.attempt == 2 and core._retry_at == pytest.approx(1.0)
+
+
+def test_breaker_does_not_hold_off_the_first_connection() -> None:
+    cfg = UplinkConfig(breaker=BreakerConfig(failure_threshold=2, open_timeout=30.0),
+                       budget=RetryBudgetConfig(max_initial_attempts=0))
+    core = make(config=cfg)
+    core.start(0.0)
+    now = 0.0
+    for _ in range(5):
+        core.connection_failed(ConnectFailed("refused"), now)
+        assert core._retry_at is not None and core._retry_at - now <= 10.0
+        now = core._retry_at
+        assert OpenConnection() in core.tick(now)
 
 
 def test_initial_attempt_budget() -> None:
