@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections import deque
@@ -46,6 +47,8 @@ from uplink.errors import (
     error_for_http_status,
 )
 from uplink.ring import RingBuffer, RingStats
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +173,17 @@ class UplinkClient:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A task that dies of a bug must end the run loudly, not leave it hanging."""
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("uplink task failed", exc_info=exc)
+        if self.core.state not in (State.DONE, State.FAILED):
+            self.give_up(f"internal error: {exc!r}")
 
     async def _shutdown(self) -> None:
         if self._timer is not None:
@@ -202,7 +215,10 @@ class UplinkClient:
                     self._close_current(code, reason)
                 case StateChanged(state):
                     for listener in self._listeners:
-                        listener(state)
+                        try:
+                            listener(state)
+                        except Exception:  # an observer's bug must not stop the uplink
+                            log.exception("state listener %r failed", listener)
                     for queue in self._queues:
                         queue.put_nowait(state)
                 case Finished() | Failed():
@@ -259,7 +275,10 @@ class UplinkClient:
                     acked = self.core.counters.acked_seq
                     self._execute(self.core.text_received(message, self.clock()))
                     if self.on_ack is not None and self.core.counters.acked_seq != acked:
-                        self.on_ack(self.core.counters.acked_seq)
+                        try:
+                            self.on_ack(self.core.counters.acked_seq)
+                        except Exception:
+                            log.exception("on_ack hook failed")
         except ConnectionClosed as e:
             if e.rcvd is not None:
                 code, reason = e.rcvd.code, e.rcvd.reason
@@ -292,15 +311,23 @@ class UplinkClient:
                     break
 
     def _rearm_timer(self) -> None:
-        """One loop timer at the core's next deadline (re-armed after every event)."""
+        """Keep one loop timer armed no later than the core's next deadline.
+
+        It is re-armed only when the deadline comes *earlier* than the armed one. Every ack
+        pushes the ack deadline out; leaving the timer where it is then saves a cancel and a
+        call_later per frame: the timer fires early once, `tick` finds nothing due (it only
+        acts on deadlines that have passed) and the timer is armed for the real deadline.
+        """
         deadline = self.core.next_deadline()
-        if deadline == self._timer_deadline:
+        if deadline is None:
+            return  # an armed timer may fire for nothing; tick is then a no-op
+        armed = self._timer_deadline
+        if self._timer is not None and armed is not None and armed <= deadline:
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_deadline = deadline
-        if deadline is not None and self._loop is not None:
+        if self._loop is not None:
             delay = max(0.0, deadline - self.clock())
             self._timer = self._loop.call_later(delay, self._on_timer)
 
