@@ -19,7 +19,9 @@ class UplinkConfig:
     buffer_seconds: float = 120.0  # ring capacity (see uplink/ring.py for the byte arithmetic)
     frame_ms: float = 20.0
     window_frames: int = 1024  # max frames sent but not acked (the server may lower it)
-    max_coalesce_bytes: int = 256 * 1024  # per AUDIO message during catch-up
+    # per AUDIO message during catch-up; 64 KiB crosses even a 400 kbit/s uplink well within
+    # ack_timeout, so coalescing never makes a slow link look dead
+    max_coalesce_bytes: int = 64 * 1024
     connect_timeout: float = 5.0  # TCP + WebSocket upgrade
     handshake_timeout: float = 5.0  # hello → welcome
     ack_timeout: float = 3.0  # frames in flight and no ack progress → dead link
