@@ -16,7 +16,7 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import websockets
@@ -138,7 +138,7 @@ class UplinkClient:
         core = self.core
         return UplinkStats(
             state=core.public,
-            counters=core.counters,
+            counters=replace(core.counters, recovery_times=list(core.counters.recovery_times)),
             ring=self.ring.stats(),
             in_flight=core.in_flight,
             breaker=core.breaker.state.value,

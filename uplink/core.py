@@ -307,7 +307,8 @@ class UplinkCore:
         self._send_seq = msg.next_seq
         self._end_sent = False
         self._carried_audio = False
-        self._window = max(1, min(self.config.window_frames, msg.max_inflight_frames))
+        # never more in flight than the ring can hold for replay
+        self._window = max(1, min(self.config.window_frames, msg.max_inflight_frames, self.ring.slots))
         self._server_idle = msg.idle_timeout if msg.idle_timeout > 0 else float("inf")
         self._max_payload = min(
             self.config.max_coalesce_bytes, msg.max_message_bytes - wire.HEADER_SIZE

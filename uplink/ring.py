@@ -41,8 +41,8 @@ from enum import Enum
 from uplink.audio import AudioFormat
 from uplink.wire import MAX_COUNT
 
-KIND_AUDIO = 0
-KIND_GAP = 1
+SLOT_AUDIO = 0
+SLOT_GAP = 1
 
 
 class OverflowPolicy(Enum):
@@ -156,7 +156,7 @@ class RingBuffer:
             slot = self._reserve_slot()
             start = slot * self.frame_bytes
             self._view[start : start + n] = data
-            self._commit_slot(slot, KIND_AUDIO, n // self.format.block_align)
+            self._commit_slot(slot, SLOT_AUDIO, n // self.format.block_align)
         wake = self.on_data  # read once: the uplink may clear it concurrently
         if wake is not None:
             wake()
@@ -167,7 +167,7 @@ class RingBuffer:
             return
         with self._lock:
             slot = self._reserve_slot()
-            self._commit_slot(slot, KIND_GAP, nsamples)
+            self._commit_slot(slot, SLOT_GAP, nsamples)
         wake = self.on_data  # read once: the uplink may clear it concurrently
         if wake is not None:
             wake()
@@ -201,7 +201,7 @@ class RingBuffer:
 
     def _drop_oldest(self) -> None:
         slot = self._head % self.slots
-        audio = self._kind[slot] == KIND_AUDIO
+        audio = self._kind[slot] == SLOT_AUDIO
         nsamples = self._nsamples[slot]
         last = self._evicted[-1] if self._evicted else None
         if last is not None and last.audio == audio and last.nsamples == nsamples:
@@ -298,7 +298,7 @@ class RingBuffer:
                 return None
             slot = from_seq % self.slots
             pos = self._sample_pos[slot]
-            if self._kind[slot] == KIND_GAP:
+            if self._kind[slot] == SLOT_GAP:
                 return GapRun(from_seq, 1, pos, pos + self._nsamples[slot])
             nsamples = self._nsamples[slot]
             count = 1
@@ -311,7 +311,7 @@ class RingBuffer:
                 )
                 while (
                     count < limit
-                    and self._kind[slot + count] == KIND_AUDIO
+                    and self._kind[slot + count] == SLOT_AUDIO
                     and self._nsamples[slot + count] == nsamples
                 ):
                     count += 1
@@ -333,7 +333,7 @@ class RingBuffer:
         with self._lock:
             for seq in range(self._tail - 1, max(0, self._tail - 4) - 1, -1):
                 slot = seq % self.slots
-                if self._kind[slot] == KIND_AUDIO:
+                if self._kind[slot] == SLOT_AUDIO:
                     start = slot * self.frame_bytes
                     n = self._nsamples[slot] * self.format.block_align
                     return bytes(self._view[start : start + n])
