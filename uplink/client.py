@@ -109,6 +109,7 @@ class UplinkClient:
         self._gen = 0
         self._outgoing: deque[str | bytes] = deque()
         self._send_ready = asyncio.Event()
+        self._wake_pending = False  # set by the producer thread, cleared on the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
@@ -151,7 +152,11 @@ class UplinkClient:
         loop = self._loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
         def wake() -> None:
-            loop.call_soon_threadsafe(self._on_ring_data)
+            # one pending wake-up at a time: a burst of pushes costs one self-pipe write,
+            # not one per frame (the flag is cleared on the loop before the ring is read)
+            if not self._wake_pending:
+                self._wake_pending = True
+                loop.call_soon_threadsafe(self._on_ring_data)
 
         self.ring.on_data = wake
         self._spawn(self._writer())
@@ -239,6 +244,7 @@ class UplinkClient:
             self._spawn(_close_quietly(ws, code, reason))
 
     def _on_ring_data(self) -> None:
+        self._wake_pending = False
         self._execute(self.core.data_available(self.clock()))
 
     # -- tasks ----------------------------------------------------------------------------
