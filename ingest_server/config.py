@@ -24,6 +24,7 @@ from .auth import TokenError, read_token_file, split_tokens, validate_token
 
 ENV_PREFIX = "ECHOPANEL_"
 LOG_FORMATS = ("text", "json")
+SYNC_MODES = ("auto", "syncfs", "fsync")  # auto: syncfs where the platform has it (commit.py)
 
 # Only what differs from the dataclass defaults (which are the production values, §5).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -60,6 +61,7 @@ class ServerConfig:
     public_metrics: bool = False  # True: /metrics needs no token
     # False skips os.fsync (benchmarks only): acks then no longer mean durable (§4).
     fsync: bool = True
+    sync_mode: str = "auto"
     profile: str = DEFAULT_PROFILE
     log_level: str = "info"
     log_format: str = "text"
@@ -81,6 +83,8 @@ class ServerConfig:
             raise ConfigError(f"max_message_bytes must exceed the {HEADER_SIZE}-byte item header")
         if not self.retention_days >= 0:
             raise ConfigError("retention_days must be 0 (off) or positive")
+        if self.sync_mode not in SYNC_MODES:
+            raise ConfigError(f"sync_mode must be one of {list(SYNC_MODES)}")
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format must be one of {list(LOG_FORMATS)}")
         tokens = tuple(self.tokens)
@@ -117,6 +121,8 @@ _HELP = {
     "(default 0: never)",
     "public_metrics": "serve /metrics without a token (default: a token is required)",
     "fsync": "fsync before acking (default on; off is for benchmarks only)",
+    "sync_mode": "how acked audio is made durable: syncfs (one flush for all streams), "
+    "fsync (one per stream) or auto (default: syncfs on Linux)",
     "profile": "preset of defaults (default production)",
     "log_level": "debug, info, warning or error (default info)",
     "log_format": "text (default) or json (one object per line)",
@@ -164,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, choices=sorted(PROFILES), default=None, help=_HELP[f.name])
         elif f.name == "log_format":
             parser.add_argument(flag, choices=LOG_FORMATS, default=None, help=_HELP[f.name])
+        elif f.name == "sync_mode":
+            parser.add_argument(flag, choices=SYNC_MODES, default=None, help=_HELP[f.name])
         elif f.name in ("fsync", "public_metrics"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=_HELP[f.name])

@@ -23,6 +23,7 @@ from .auth import AUTH_FAILURE_REASONS
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 # Close codes get a label each; anything else a peer sends is "other" (bounded cardinality).
 KNOWN_CLOSE_CODES = frozenset({*(int(c) for c in CloseCode), 1005, 1006})
 REJECTIONS = ("max_connections", "per_token")
@@ -67,8 +68,12 @@ class Metrics:
             "Oldest item of a batch: received -> its ack sent (includes the fsync).",
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.fsync_latency = Histogram(
-            "echopanel_fsync_seconds", "Duration of one journal fsync (one group commit).",
+            "echopanel_fsync_seconds", "Duration of one group commit (syncfs, or one fsync).",
             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.commit_batch = Histogram(
+            "echopanel_commit_batch_journals",
+            "Journals made durable by one group commit (one syncfs, or 1 with --sync-mode fsync).",
+            buckets=BATCH_BUCKETS, registry=self.registry)
         self._gauges: Callable[[], Gauges] = lambda: Gauges(0, 0, 0, 0, 0)
         self.registry.register(_Collector(self))
 

@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket
 from uplink.wire import CloseCode
 
 from .auth import Authenticator, Denial, Principal
+from .commit import make_committer
 from .config import ServerConfig
 from .connection import Connection
 from .metrics import Gauges, Metrics
@@ -57,8 +58,10 @@ class IngestService:
         self.executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ingest-io")
         self.metrics = Metrics()
         self.auth = Authenticator(config.tokens)
+        self.committer = make_committer(config.sync_mode, self.executor, self.metrics)
         self.registry = Registry(self.store, config, clock=clock, wall=wall,
-                                 executor=self.executor, metrics=self.metrics)
+                                 executor=self.executor, metrics=self.metrics,
+                                 committer=self.committer)
         self.connections: set[Connection] = set()
         self.per_token: dict[str | None, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -185,6 +188,7 @@ class IngestService:
                 await self._sweeper
         await self.close_connections()
         await self.registry.close()
+        self.committer.close()
         self.executor.shutdown(wait=True)
 
 

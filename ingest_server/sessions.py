@@ -25,6 +25,7 @@ from typing import TypeVar
 from uplink.wire import HEADER_SIZE, CloseCode, End, Ended, Hello
 
 from .auth import ANONYMOUS, Principal
+from .commit import Committer, PerJournalCommit
 from .config import ServerConfig
 from .metrics import Metrics
 from .storage import (
@@ -71,13 +72,15 @@ class Registry:
     def __init__(self, store: Store, config: ServerConfig, *,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 executor: Executor | None = None, metrics: Metrics | None = None) -> None:
+                 executor: Executor | None = None, metrics: Metrics | None = None,
+                 committer: Committer | None = None) -> None:
         self.store = store
         self.config = config
         self.clock = clock
         self.wall = wall
         self.executor = executor
         self.metrics = metrics or Metrics()
+        self.committer = committer or PerJournalCommit(executor, self.metrics)
         self.streams: dict[str, Stream] = {}
         self.open_count = 0  # streams not finalized (the max_streams limit)
         self.shutting_down = False
@@ -86,7 +89,7 @@ class Registry:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _stream(self, meta: StreamMeta, journal: Journal | None, idle_since: float) -> Stream:
-        return Stream(meta, journal, self.executor, idle_since, self.metrics)
+        return Stream(meta, journal, self.committer, idle_since, self.metrics)
 
     def recover(self) -> None:
         """Load every stream on disk; open ones are disconnected sessions from now on."""

@@ -1,18 +1,19 @@
 """One stream in memory: its metadata, its journal while open, and what is durable.
 
 `durable` is the journal position the last successful fsync covered: the only thing an ack
-or a welcome may promise (docs/protocol.md §2, §4). `sync()` is group commit: one fsync in a
-worker thread covers everything appended before it started. After a failed fsync the journal
-is cut back to `durable` (docs/storage.md "Disk faults") before anyone can append again.
+or a welcome may promise (docs/protocol.md §2, §4). `sync()` is group commit: one sync by the
+committer (commit.py: one syncfs for many streams, or this journal's fsync) covers everything
+appended before it started. After a failed sync the journal is cut back to `durable`
+(docs/storage.md "Disk faults") before anyone can append again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Executor
 from typing import Protocol
 
+from .commit import Committer
 from .metrics import Metrics
 from .storage import Gap, Journal, Position, StreamMeta
 
@@ -27,7 +28,7 @@ class Owner(Protocol):
 
 
 class Stream:
-    def __init__(self, meta: StreamMeta, journal: Journal | None, executor: Executor | None,
+    def __init__(self, meta: StreamMeta, journal: Journal | None, committer: Committer,
                  idle_since: float, metrics: Metrics) -> None:
         self.meta = meta
         self.journal = journal  # None once finalized (or while being created)
@@ -38,7 +39,7 @@ class Stream:
         self.duplicates = 0
         self.lock = asyncio.Lock()  # state transitions: attach, end, expire, delete
         self._sync_lock = asyncio.Lock()  # one fsync at a time; finalize closes the fd under it
-        self._executor = executor
+        self._committer = committer
         self._metrics = metrics
 
     @property
@@ -87,9 +88,17 @@ class Stream:
         target = journal.position
         if target.size == self.durable.size:
             return False
+        pending = asyncio.ensure_future(self._committer.sync(journal))
         try:
-            seconds = await asyncio.get_running_loop().run_in_executor(self._executor,
-                                                                       journal.sync)
+            await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # A worker thread may still be using the journal's descriptor: keep the sync lock
+            # (nobody closes or cuts the journal) until it is done, then give up.
+            if not pending.done():
+                await asyncio.wait([pending])
+            if not pending.cancelled():
+                pending.exception()  # retrieved: the next sync reports a persistent fault
+            raise
         except OSError as e:
             self._metrics.storage_errors["fsync"] += 1
             # No await between here and the caller's reaction (the owner closes with 1013),
@@ -99,7 +108,6 @@ class Stream:
                       extra={"ctx": {"stream_id": self.stream_id, "error": str(e)}})
             journal.rollback(self.durable)  # raises (and marks it broken) if the cut fails
             raise
-        self._metrics.fsync_latency.observe(seconds)
         self.durable = target
         return True
 

@@ -18,8 +18,9 @@ Faults (docs/storage.md "Disk faults"): a failed or short write is undone at onc
 is cut back to the last whole record) and the journal stays usable; after a failed fsync the
 caller cuts the file back to the last *durable* position with `rollback()`, because the page
 cache can no longer be trusted for anything written since. Only if a cut itself fails is the
-journal `broken` until a restart recovers it. `_write`, `_fsync` and `_truncate` are the only
-places that touch the file after opening it, so tests inject faults there.
+journal `broken` until a restart recovers it. `_write`, `_fsync`, `_syncfs` and `_truncate`
+are the only places that touch the file after opening it, so tests inject faults there.
+Cross-stream group commit (one syncfs for many journals) lives in syncfs.py.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+
+from .syncfs import DEVICES, Device
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +170,11 @@ def _scan(path: Path, block_align: int) -> tuple[_Scan, int]:
 class Journal:
     """One stream's journal, open for appending. Not thread-safe except `sync()`."""
 
-    def __init__(self, path: Path, fd: int, scan: _Scan, *, fsync: bool) -> None:
+    def __init__(self, path: Path, fd: int, scan: _Scan, device: Device, *, fsync: bool) -> None:
         self.path = path
         self._fd = fd
+        self.device = device  # acquired before the file was opened (see syncfs.py)
+        self.error_generation = device.error_generation
         self._do_fsync = fsync
         self._size = scan.position.size
         self.next_seq = scan.position.next_seq
@@ -180,22 +185,34 @@ class Journal:
 
     @classmethod
     def create(cls, path: Path, *, fsync: bool = True) -> Journal:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        device = DEVICES.acquire(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                         0o644)
+        except BaseException:
+            DEVICES.release(device)
+            raise
         try:
             os.write(fd, FILE_MAGIC)
             if fsync:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
+            DEVICES.release(device)
             raise
-        return cls(path, fd, _Scan(Position(len(FILE_MAGIC), 0, 0)), fsync=fsync)
+        return cls(path, fd, _Scan(Position(len(FILE_MAGIC), 0, 0)), device, fsync=fsync)
 
     @classmethod
     def open(cls, path: Path, block_align: int, *, fsync: bool = True) -> Journal:
         """Recover: keep the longest valid prefix, cut the rest, make what is kept durable."""
         scan, file_size = _scan(path, block_align)
         keep = scan.position.size
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        device = DEVICES.acquire(path.parent)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except BaseException:
+            DEVICES.release(device)
+            raise
         try:
             if keep == 0:  # torn magic: start the file over
                 os.ftruncate(fd, 0)
@@ -209,8 +226,9 @@ class Journal:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
+            DEVICES.release(device)
             raise
-        return cls(path, fd, scan, fsync=fsync)
+        return cls(path, fd, scan, device, fsync=fsync)
 
     @property
     def position(self) -> Position:
@@ -254,6 +272,10 @@ class Journal:
     def _fsync(self) -> None:
         os.fsync(self._fd)
 
+    def _syncfs(self) -> None:
+        """syncfs(2) on this journal's file system: every dirty file on it (syncfs.py)."""
+        self.device.syncfs()
+
     def _truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
 
@@ -269,6 +291,10 @@ class Journal:
         start = time.perf_counter()
         self._fsync()
         return time.perf_counter() - start
+
+    @property
+    def fsync_enabled(self) -> bool:
+        return self._do_fsync
 
     def rollback(self, to: Position) -> None:
         """After a failed fsync: forget everything after `to` (the last durable position).
@@ -293,6 +319,7 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            DEVICES.release(self.device)
 
 
 def _cut_tail(path: Path, fd: int, keep: int, file_size: int) -> None:

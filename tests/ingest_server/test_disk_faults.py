@@ -2,8 +2,9 @@
 stream closes with 1013, nothing stored is damaged, and once space returns the client
 resumes and finishes sample-exactly.
 
-Two ways in: faults injected at the storage boundary (Journal._write / _fsync / _truncate,
-Store.write_meta, the WAV export), and a real, full tmpfs (needs root; CI runs as root).
+Two ways in: faults injected at the storage boundary (Journal._write / _fsync / _syncfs /
+_truncate, Store.write_meta, the WAV export), and a real, full tmpfs (needs root; CI runs as
+root).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Faults:
         self.fsyncs: dict[str, int] = {}
         self.truncates: dict[str, int] = {}
         real_write, real_fsync, real_truncate = Journal._write, Journal._fsync, Journal._truncate
+        real_syncfs = Journal._syncfs
 
         def write(j: Journal, parts: list[Any]) -> int:
             if self._take(self.writes, j):
@@ -71,6 +73,14 @@ class Faults:
                 raise OSError(errno.EIO, "Input/output error (injected)")
             real_truncate(j, size)
 
+        def syncfs(j: Journal) -> None:
+            # syncfs cannot tell which file failed (storage/syncfs.py): it fails if any
+            # stream has an fsync fault pending; the per-journal fsyncs that follow find it.
+            if any(n > 0 for n in self.fsyncs.values()):
+                raise OSError(errno.EIO, "Input/output error (injected, syncfs)")
+            real_syncfs(j)
+
+        monkeypatch.setattr(Journal, "_syncfs", syncfs)
         monkeypatch.setattr(Journal, "_write", write)
         monkeypatch.setattr(Journal, "_fsync", fsync)
         monkeypatch.setattr(Journal, "_truncate", truncate)
