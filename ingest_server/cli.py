@@ -31,6 +31,7 @@ from .config import ConfigError, ServerConfig, load_config
 from .logs import setup_logging
 from .service import IngestService
 from .storage import StorageError
+from .wsprotocol import WS_PROTOCOL
 
 log = logging.getLogger("ingest_server")
 
@@ -89,7 +90,7 @@ def uvicorn_config(app: FastAPI, config: ServerConfig) -> uvicorn.Config:
         app,
         host=config.host,
         port=config.port,
-        ws="websockets-sansio",
+        ws=WS_PROTOCOL,  # uvicorn's websockets-sansio, lighter read flow control
         ws_max_size=config.max_message_bytes,  # larger binary messages: 1009 (§5)
         ws_ping_interval=None,  # liveness is the protocol's own ping and acks (§6, §8)
         ws_ping_timeout=None,
