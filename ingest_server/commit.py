@@ -1,9 +1,11 @@
 """How journals become durable: per-stream fsync, or group commit across streams (syncfs).
 
-Both implement `Committer.sync(journal)`: return once everything appended to the journal
-before the call is durable (docs/protocol.md §4: the ack promises exactly that), or raise the
-OSError that made it fail. The journal is the caller's: it holds the stream's sync lock, so no
-other coroutine syncs, cuts or closes that journal meanwhile.
+Both implement `Committer.submit(journal)`: a future that completes once everything appended
+to the journal before the call is durable (docs/protocol.md §4: the ack promises exactly
+that), or fails with the OSError that made it fail. A future, not a coroutine: no task per
+sync (this runs once per live stream per batch). The journal is the caller's: it holds the
+stream's sync lock, so no other coroutine syncs, cuts or closes that journal meanwhile; it
+must not cancel the future (a worker thread may be using the journal).
 
 `SharedCommit` (default on Linux, `--sync-mode syncfs`): requests wait in a set; one worker
 thread runs one `sync_many` (one syncfs per file system, storage/syncfs.py) for all of them;
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 from .metrics import Metrics
 from .storage import Journal
@@ -27,7 +29,7 @@ from .storage.syncfs import SYNCFS_AVAILABLE, sync_many
 
 
 class Committer(Protocol):
-    async def sync(self, journal: Journal) -> None: ...
+    def submit(self, journal: Journal) -> asyncio.Future[Any]: ...
 
     def close(self) -> None: ...
 
@@ -37,10 +39,15 @@ class PerJournalCommit:
         self._executor = executor
         self._metrics = metrics
 
-    async def sync(self, journal: Journal) -> None:
-        seconds = await asyncio.get_running_loop().run_in_executor(self._executor, journal.sync)
-        self._metrics.fsync_latency.observe(seconds)
-        self._metrics.commit_batch.observe(1)
+    def submit(self, journal: Journal) -> asyncio.Future[Any]:
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, journal.sync)
+        fut.add_done_callback(self._observe)
+        return fut
+
+    def _observe(self, fut: asyncio.Future[float]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._metrics.fsync_latency.observe(fut.result())
+            self._metrics.commit_batch.observe(1)
 
     def close(self) -> None:
         pass  # the executor belongs to the service
@@ -53,13 +60,13 @@ class SharedCommit:
         self._waiting: dict[Journal, asyncio.Future[None]] = {}
         self._runner: asyncio.Task[None] | None = None
 
-    async def sync(self, journal: Journal) -> None:
+    def submit(self, journal: Journal) -> asyncio.Future[Any]:
         fut = self._waiting.get(journal)
-        if fut is None or fut.done():  # done: an earlier waiter was cancelled
+        if fut is None or fut.done():
             fut = self._waiting[journal] = asyncio.get_running_loop().create_future()
         if self._runner is None:
             self._runner = asyncio.create_task(self._run())
-        await fut
+        return fut
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -79,7 +86,7 @@ class SharedCommit:
                 self._metrics.fsync_latency.observe(max(o.seconds for o in outcomes))
                 for journal, outcome in zip(journals, outcomes, strict=True):
                     fut = batch[journal]
-                    if fut.done():  # its waiter was cancelled
+                    if fut.done():  # cancelled after all (shutdown)
                         continue
                     if outcome.error is None:
                         fut.set_result(None)

@@ -88,7 +88,7 @@ class Stream:
         target = journal.position
         if target.size == self.durable.size:
             return False
-        pending = asyncio.ensure_future(self._committer.sync(journal))
+        pending = self._committer.submit(journal)
         try:
             await asyncio.shield(pending)
         except asyncio.CancelledError:

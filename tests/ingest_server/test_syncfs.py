@@ -122,13 +122,13 @@ def test_requests_during_a_batch_ride_the_next_one(tmp_path: Path,
                 append(j)
             # Six requests at once: the first starts a batch alone or with others; all six
             # are durable after at most two syncfs calls.
-            await asyncio.gather(*(commit.sync(j) for j in js))
+            await asyncio.gather(*(commit.submit(j) for j in js))
             assert 1 <= calls.syncfs <= 2
             calls.fail_fsync = {js[2].path}
             calls.fail_syncfs = 1
             for j in js:
                 append(j)
-            results = await asyncio.gather(*(commit.sync(j) for j in js),
+            results = await asyncio.gather(*(commit.submit(j) for j in js),
                                            return_exceptions=True)
             failed = [i for i, r in enumerate(results) if isinstance(r, OSError)]
             assert failed == [2]

@@ -181,9 +181,10 @@ def run(settings: CapacitySettings, workdir: Path, log: Any = print) -> tuple[di
     rows: list[Row] = []
     if "ours" in found and "baseline" in found:
         rows.append(Row("3 capacity", "concurrent real-time streams, 0 lost, p99 < 200 ms",
-                        show(ours), show(base), f"{ratio:.2f}",
-                        f"≥ {TARGET_STREAMS} and ≥ {TARGET_RATIO} of baseline",
-                        ours.best >= TARGET_STREAMS and ratio >= TARGET_RATIO))
+                        show(ours), show(base), f"{ratio:.2f}", f"≥ {TARGET_STREAMS}",
+                        ours.best >= TARGET_STREAMS))
+        rows.append(Row("3 capacity", "capacity relative to the baseline", f"{ratio:.2f}", "1",
+                        f"{ratio:.2f}", f"≥ {TARGET_RATIO}", ratio >= TARGET_RATIO))
         best_ours, best_base = _passing_step(ours), _passing_step(base)
         if best_ours is not None and best_base is not None:
             rows.append(Row("3 capacity", "at that count: p99 ack latency (ms)",
