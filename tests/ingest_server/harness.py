@@ -63,10 +63,13 @@ class Running:
         assert self.server.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.server.loop).result(timeout)
 
-    def connections_finished(self) -> None:
-        """Wait until the server has processed every disconnect (no polling)."""
+    def connections_finished(self, stream_id: str | None = None) -> None:
+        """Wait until the server has processed every disconnect (no polling); with
+        `stream_id`, only those of that stream's connections (others may stay connected)."""
         async def wait() -> None:
-            await asyncio.gather(*(c.finished.wait() for c in list(self.service.connections)))
+            await asyncio.gather(*(c.finished.wait() for c in list(self.service.connections)
+                                   if stream_id is None
+                                   or (c.stream is not None and c.stream.stream_id == stream_id)))
         self.call(wait())
 
 

@@ -35,11 +35,21 @@ def test_profile_env_and_cli_precedence(tmp_path: Path) -> None:
         ([], {"ECHOPANEL_PROFILE": "staging"}),
         ([], {"ECHOPANEL_FSYNC": "maybe"}),
         ([], {"ECHOPANEL_MAX_MESSAGE_BYTES": "10"}),
+        ([], {"ECHOPANEL_SYNC_MODE": "never"}),
     ],
 )
 def test_invalid_values_are_config_errors(argv: list[str], env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_config(argv, environ=env)
+
+
+def test_sync_mode_from_env_and_flag() -> None:
+    assert load_config([], environ={}).sync_mode == "auto"
+    assert load_config([], environ={"ECHOPANEL_SYNC_MODE": "fsync"}).sync_mode == "fsync"
+    assert load_config(["--sync-mode", "syncfs"],
+                       environ={"ECHOPANEL_SYNC_MODE": "fsync"}).sync_mode == "syncfs"
+    with pytest.raises(SystemExit):  # argparse refuses an unknown choice
+        load_config(["--sync-mode", "never"], environ={})
 
 
 T1, T2, T3 = "cfg-token-1-0123456789", "cfg-token-2-0123456789", "cfg-token-3-0123456789"

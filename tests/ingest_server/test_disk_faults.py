@@ -132,12 +132,16 @@ def test_disk_full_on_write_is_never_acked_and_the_stream_completes(
         assert calm_wav.endswith(b"".join(stored))
 
 
+@pytest.mark.parametrize("sync_mode", ["syncfs", "fsync"])
 def test_failed_fsync_cuts_back_to_the_durable_position_and_resume_replays(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_mode: str
 ) -> None:
     faults = Faults(monkeypatch)
     f = frames(8, seed=71)
-    with in_process(tmp_path / "data") as srv:
+    # The bystander streams all along: with syncfs its journal shares the failing batch, and
+    # the per-journal fsyncs that attribute the error must leave it acked and intact.
+    with in_process(tmp_path / "data", sync_mode=sync_mode) as srv, \
+            Bystander(srv.url, "calm") as calm:
         with Client(srv.url) as c:
             w = c.hello("eio")
             c.stream(0, f[:3])
@@ -147,7 +151,7 @@ def test_failed_fsync_cuts_back_to_the_durable_position_and_resume_replays(
             closed = c.expect_close()
             assert (closed.code, closed.reason) == (CloseCode.TRY_AGAIN_LATER, "storage failure")
             assert c.acked[0] == 3  # seq 3 and 4 were written, never made durable, never acked
-        srv.connections_finished()
+        srv.connections_finished("eio")
         # Everything after the last good fsync is gone from the file, not just from memory.
         assert journal_size(srv.data, "eio") == len(FILE_MAGIC) + 3 * RECORD
         with Client(srv.url) as c:  # the same server, no restart: the journal is usable
@@ -157,6 +161,9 @@ def test_failed_fsync_cuts_back_to_the_durable_position_and_resume_replays(
         assert value(scrape(srv.http), "echopanel_storage_errors_total", op="fsync") == 1
         wav = httpx.get(f"{srv.http}/v1/streams/eio/audio.wav", timeout=WAIT).content
         assert wav.endswith(b"".join(f))
+        stored = calm.finish()
+        calm_wav = httpx.get(f"{srv.http}/v1/streams/calm/audio.wav", timeout=WAIT).content
+        assert calm_wav.endswith(b"".join(stored))
 
 
 def test_when_even_the_cut_fails_the_stream_waits_for_a_restart(
