@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capacity-step-seconds", type=float, help="length of each capacity step")
     ap.add_argument("--capacity-budget", type=float, help="capacity search time per target")
     ap.add_argument("--capacity-targets",
-                    help="comma-separated servers to search: ours, baseline, ours-nofsync, "
-                    "baseline-global (default: all four)")
+                    help="comma-separated servers to search: ours, baseline, baseline-global, "
+                    "ours-fsync, ours-nofsync (default: all but ours-nofsync)")
     args = ap.parse_args(argv)
 
     only = [b.strip() for b in args.only.split(",") if b.strip()]

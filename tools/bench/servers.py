@@ -1,11 +1,15 @@
 """The two servers under test, each a subprocess on 127.0.0.1 with its own data dir.
 
 - ours: the real ingest server (`tools.ingest_process.IngestServer`, i.e. `python -m
-  ingest_server`), fsync on, default configuration;
-- ours with `--no-fsync` ("ours-nofsync"): a diagnostic that separates the cost of the
-  fsync path from the rest of the server; its acks do not mean durable;
-- the baseline receiver (`tools.bench.baseline`), with its per-connection fsync like ours
-  ("baseline") or with one syncfs for all streams ("baseline-global", the proposal).
+  ingest_server`), default configuration (durable acks, group commit across streams with
+  one syncfs per batch);
+- ours with `--sync-mode fsync` ("ours-fsync"): one fsync per stream, the earlier design,
+  to show what the cross-stream group commit changed;
+- ours with `--no-fsync` ("ours-nofsync"): a diagnostic that separates the cost of making
+  audio durable from the rest of the server; its acks do not mean durable;
+- the baseline receiver (`tools.bench.baseline`), with a per-connection fsync
+  ("baseline", the issue's baseline) or with one syncfs for all streams ("baseline-global",
+  the same durability strategy as ours).
 
 Both expose `port`, `pid`, `start()`, `stop()` and work as context managers, so a benchmark
 can run the same steps against either.
@@ -26,7 +30,7 @@ from typing import Literal, Protocol
 from tools.bench.baseline import LISTENING_PREFIX as BASELINE_PREFIX
 from tools.ingest_process import REPO_ROOT, IngestServer
 
-Target = Literal["ours", "ours-nofsync", "baseline", "baseline-global"]
+Target = Literal["ours", "ours-fsync", "ours-nofsync", "baseline", "baseline-global"]
 
 
 class BenchServer(Protocol):
@@ -129,6 +133,8 @@ def make_server(target: Target, data_dir: Path, args: tuple[str, ...] = ()) -> B
     shutil.rmtree(data_dir, ignore_errors=True)
     if target == "ours":
         return OursServer(data_dir, args=args)
+    if target == "ours-fsync":
+        return OursServer(data_dir, args=(*args, "--sync-mode", "fsync"))
     if target == "ours-nofsync":  # diagnostic only: acks no longer mean durable
         return OursServer(data_dir, args=(*args, "--no-fsync"))
     return BaselineServer(data_dir, commit="global" if target == "baseline-global" else "stream")
