@@ -7,7 +7,7 @@ sync (this runs once per live stream per batch). The journal is the caller's: it
 stream's sync lock, so no other coroutine syncs, cuts or closes that journal meanwhile; it
 must not cancel the future (a worker thread may be using the journal).
 
-`SharedCommit` (default on Linux, `--sync-mode syncfs`): requests wait in a set; one worker
+`SharedCommit` (default on Linux >= 5.17, `--sync-mode syncfs`): requests wait in a set; one worker
 thread runs one `sync_many` (one syncfs per file system, storage/syncfs.py) for all of them;
 requests that arrive meanwhile ride the next batch. With N live streams that is one disk
 flush per batch instead of N (docs/performance.md "Capacity").
@@ -20,12 +20,24 @@ other programs' too) or unavailable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from .metrics import Metrics
 from .storage import Journal
-from .storage.syncfs import SYNCFS_AVAILABLE, sync_many
+from .storage.syncfs import (
+    MIN_KERNEL,
+    SyncOutcome,
+    fsync_each,
+    fsync_one,
+    sync_many,
+    syncfs_trustworthy,
+)
+
+log = logging.getLogger(__name__)
 
 
 class Committer(Protocol):
@@ -54,9 +66,10 @@ class PerJournalCommit:
 
 
 class SharedCommit:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, fsync_pool: Executor | None = None) -> None:
         self._metrics = metrics
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-commit")
+        self._fsync_pool = fsync_pool
         self._waiting: dict[Journal, asyncio.Future[None]] = {}
         self._runner: asyncio.Task[None] | None = None
 
@@ -68,41 +81,73 @@ class SharedCommit:
             self._runner = asyncio.create_task(self._run())
         return fut
 
+    def _fsync_all(self, journals: Sequence[Journal]) -> list[SyncOutcome]:
+        """After a failed syncfs: the journals' own fsyncs, in parallel in the IO pool."""
+        if self._fsync_pool is None or len(journals) < 2:
+            return fsync_each(journals)
+        return list(self._fsync_pool.map(fsync_one, journals))
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, {}
                 journals = list(batch)
+                work = loop.run_in_executor(self._thread, sync_many, journals, self._fsync_all)
                 try:
-                    outcomes = await loop.run_in_executor(self._thread, sync_many, journals)
-                except BaseException as e:  # cancelled at shutdown, or a bug: nobody is acked
-                    for fut in batch.values():
-                        if not fut.done():
-                            fut.set_exception(e if isinstance(e, Exception) else
-                                              OSError("group commit stopped"))
+                    outcomes = await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    # The worker thread is still using these journals: their streams keep
+                    # their sync locks (nobody closes a descriptor under it) until it is done
+                    # and they have the real outcome.
+                    self._deliver(batch, journals, await _finished(work))
                     raise
+                except Exception as e:  # a bug in sync_many: acknowledge nothing
+                    log.exception("group commit failed")
+                    err = OSError(f"group commit failed: {e!r}")
+                    self._deliver(batch, journals, [SyncOutcome(0.0, err)] * len(journals))
+                    continue
                 self._metrics.commit_batch.observe(len(journals))
                 self._metrics.fsync_latency.observe(max(o.seconds for o in outcomes))
-                for journal, outcome in zip(journals, outcomes, strict=True):
-                    fut = batch[journal]
-                    if fut.done():  # cancelled after all (shutdown)
-                        continue
-                    if outcome.error is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(outcome.error)
+                self._deliver(batch, journals, outcomes)
         finally:
             self._runner = None
+            # Stopped (cancelled): requests no thread has touched yet fail cleanly.
+            leftover, self._waiting = self._waiting, {}
+            for fut in leftover.values():
+                if not fut.done():
+                    fut.set_exception(OSError("group commit stopped"))
+
+    @staticmethod
+    def _deliver(batch: dict[Journal, asyncio.Future[None]], journals: Sequence[Journal],
+                 outcomes: Sequence[SyncOutcome]) -> None:
+        for journal, outcome in zip(journals, outcomes, strict=True):
+            fut = batch[journal]
+            if fut.done():
+                continue
+            if outcome.error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(outcome.error)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
 
 
+async def _finished(work: asyncio.Future[list[SyncOutcome]]) -> list[SyncOutcome]:
+    """The result of `work`, however often the waiting task is cancelled meanwhile."""
+    while not work.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([work])
+    return work.result()
+
+
 def make_committer(mode: str, executor: Executor | None, metrics: Metrics) -> Committer:
-    """`mode` is ServerConfig.sync_mode: auto, syncfs or fsync."""
-    if mode == "syncfs" and not SYNCFS_AVAILABLE:
-        raise OSError("--sync-mode syncfs: this platform has no syncfs(2)")
-    if mode == "fsync" or (mode == "auto" and not SYNCFS_AVAILABLE):
+    """`mode` is ServerConfig.sync_mode: auto, syncfs or fsync (docs/storage.md)."""
+    if mode == "syncfs" and not syncfs_trustworthy():
+        raise OSError(f"--sync-mode syncfs needs Linux >= {MIN_KERNEL[0]}.{MIN_KERNEL[1]} "
+                      "(earlier kernels do not report every error from syncfs); "
+                      "use --sync-mode fsync or auto")
+    if mode == "fsync" or (mode == "auto" and not syncfs_trustworthy()):
         return PerJournalCommit(executor, metrics)
-    return SharedCommit(metrics)
+    return SharedCommit(metrics, executor)

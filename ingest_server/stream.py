@@ -10,6 +10,7 @@ appended before it started. After a failed sync the journal is cut back to `dura
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Protocol
 
@@ -93,23 +94,35 @@ class Stream:
             await asyncio.shield(pending)
         except asyncio.CancelledError:
             # A worker thread may still be using the journal's descriptor: keep the sync lock
-            # (nobody closes or cuts the journal) until it is done, then give up.
-            if not pending.done():
-                await asyncio.wait([pending])
-            if not pending.cancelled():
-                pending.exception()  # retrieved: the next sync reports a persistent fault
+            # (nobody closes or cuts the journal) until it is done, however often we are
+            # cancelled meanwhile; then act on the outcome as if we had waited.
+            while not pending.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([pending])
+            error = None if pending.cancelled() else pending.exception()
+            if error is None and not pending.cancelled():
+                self.durable = target
+            elif isinstance(error, OSError):
+                # Never retry a failed sync: the kernel reports a writeback error once, so the
+                # next fsync would "succeed" over lost pages. Cut back now (docs/storage.md);
+                # a failed cut marks the journal broken, and the cancellation goes on.
+                with contextlib.suppress(OSError):
+                    self._sync_failed(journal, error)
             raise
         except OSError as e:
-            self._metrics.storage_errors["fsync"] += 1
-            # No await between here and the caller's reaction (the owner closes with 1013),
-            # so nothing is appended on top of the cut: the client replays from `durable`.
-            log.error("stream %s: fsync failed (%s); cutting the journal back to seq %d",
-                      self.stream_id, e, self.durable.next_seq,
-                      extra={"ctx": {"stream_id": self.stream_id, "error": str(e)}})
-            journal.rollback(self.durable)  # raises (and marks it broken) if the cut fails
+            self._sync_failed(journal, e)
             raise
         self.durable = target
         return True
+
+    def _sync_failed(self, journal: Journal, error: OSError) -> None:
+        self._metrics.storage_errors["fsync"] += 1
+        # No await between here and the caller's reaction (the owner closes with 1013), so
+        # nothing is appended on top of the cut: the client replays from `durable`.
+        log.error("stream %s: fsync failed (%s); cutting the journal back to seq %d",
+                  self.stream_id, error, self.durable.next_seq,
+                  extra={"ctx": {"stream_id": self.stream_id, "error": str(error)}})
+        journal.rollback(self.durable)  # raises (and marks it broken) if the cut fails
 
     @property
     def sync_lock(self) -> asyncio.Lock:

@@ -7,10 +7,16 @@ server's time (docs/performance.md "Capacity"). Here the socket is paused only w
 messages the app has not taken yet exceed QUEUE_HIGH_BYTES, and resumed when they are all
 taken. A live stream (one 20 ms frame at a time) never pauses.
 
+Each queued message counts its payload plus MESSAGE_OVERHEAD bytes (the ASGI event dict and
+the bytes object cost about 190 bytes even when empty), so a flood of empty or 1-byte
+messages pauses reading after at most QUEUE_HIGH_BYTES / MESSAGE_OVERHEAD = 1,024 messages.
+
 Memory bound per connection (websockets' memory docs do the same arithmetic): at most
 QUEUE_HIGH_BYTES + one message of up to `ws_max_size` queued before the pause takes effect,
-plus what one read returned (asyncio reads at most 256 KiB at a time) still being parsed:
-with the defaults 256 KiB + 1 MiB + 256 KiB. The upstream bound is one read plus one message.
+plus what one read returned (asyncio reads at most 256 KiB at a time) still being parsed and
+queued: with the defaults 256 KiB + 1 MiB + 256 KiB of payload, plus ~190 bytes for each of
+the at most ~1,000 + 256 Ki/6 tiny messages one read can hold (~8 MiB in the worst case of
+a read full of 6-byte empty frames), as upstream, which also queues every message of a read.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 QUEUE_HIGH_BYTES = 256 * 1024
+MESSAGE_OVERHEAD = 256
 WS_PROTOCOL = "ingest_server.wsprotocol:IngestWebSocketProtocol"  # for uvicorn.Config(ws=...)
 
 
@@ -33,7 +40,7 @@ class IngestWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         if self.curr_msg_data_type == "text":
             # Upstream decodes and handles bad UTF-8 (1007); queued size counted as bytes.
-            size = len(data)
+            size = len(data) + MESSAGE_OVERHEAD
             before = self.queue.qsize()
             paused = self.read_paused
             self.read_paused = True  # so upstream does not pause; we decide below
@@ -44,7 +51,7 @@ class IngestWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self.frames = []
         self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
-        self._queued(len(data))
+        self._queued(len(data) + MESSAGE_OVERHEAD)
 
     def _queued(self, size: int) -> None:
         self.queued_bytes += size
@@ -61,7 +68,7 @@ class IngestWebSocketProtocol(WebSocketsSansIOProtocol):
                 size = len(text.encode()) if isinstance(text, str) else 0
             else:
                 size = len(body)
-            self.queued_bytes -= size
+            self.queued_bytes -= size + MESSAGE_OVERHEAD
         if self.read_paused and self.queue.empty():
             self.queued_bytes = 0
             self.read_paused = False

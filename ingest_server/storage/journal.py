@@ -175,6 +175,9 @@ class Journal:
         self._fd = fd
         self.device = device  # acquired before the file was opened (see syncfs.py)
         self.error_generation = device.error_generation
+        # A journal reached through a symlink or bind mount onto another file system is not
+        # covered by its directory's syncfs: it gets its own fsync.
+        self.syncfs_capable = device.syncfs_capable and os.fstat(fd).st_dev == device.dev
         self._do_fsync = fsync
         self._size = scan.position.size
         self.next_seq = scan.position.next_seq

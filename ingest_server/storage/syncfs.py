@@ -5,17 +5,20 @@ Per-file fsync costs one disk flush per stream; with hundreds of live streams th
 not Python, were the server's limit (docs/performance.md). syncfs flushes the whole file
 system once for all of them.
 
-Error reporting is the subtle part. Since Linux 5.8 syncfs reports a writeback error on the
-file system once per open descriptor, counted from when that descriptor was opened; it does
-not say which file failed. So:
+syncfs is trusted only where it reports errors: Linux 5.8 made it report writeback errors
+(once per open descriptor, counted from that descriptor's open) and 5.17 made it return the
+file system's own `sync_fs` errors (the ext4/XFS journal commit). Before 5.17, and on file
+systems not in SYNCFS_FILESYSTEMS (FUSE, for one, may answer syncfs without syncing), each
+journal gets its own fsync instead. syncfs does not say which file failed, so:
 
 - each file system gets one long-lived descriptor (`Device`), opened before the first journal
-  on it and closed after the last one, so no error between a journal's open and its sync
-  goes unseen;
+  on it and closed after the last one, so no error after a journal was opened goes unseen;
 - when syncfs fails, every journal in the batch is fsynced on its own (fsync reports its own
   file's errors), and the device's error generation goes up: a journal that was not in the
   batch gets its own fsync at its next sync too, because the error syncfs consumed may have
-  been on its pages. Only journals whose own fsync then succeeds are durable.
+  been on its pages. Only journals whose own fsync then succeeds are durable;
+- a per-device lock makes syncfs, the generation bump and those fsyncs one step, even with
+  several committers in one process (only one of them would see a given error).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import platform
+import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,17 +41,48 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _libc = ctypes.CDLL(None, use_errno=True)
-SYNCFS_AVAILABLE = hasattr(_libc, "syncfs")
+# File systems whose syncfs flushes data and metadata and reports errors (tmpfs: nothing to
+# flush, kept so tests and RAM-backed data dirs take the same path).
+SYNCFS_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs", "tmpfs"})
+MIN_KERNEL = (5, 17)
+
+
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release if release is not None else platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def syncfs_trustworthy() -> bool:
+    """Linux >= 5.17 with syncfs in libc (see the module docstring)."""
+    return (platform.system() == "Linux" and hasattr(_libc, "syncfs")
+            and kernel_version() >= MIN_KERNEL)
+
+
+def filesystem_type(dev: int) -> str:
+    """The type of the mounted file system with device number `dev` ('' if not found)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[2] == want and " - " in line:
+                    return line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        pass
+    return ""
 
 
 class Device:
     """One file system holding journals: a descriptor for syncfs and its error generation."""
 
-    def __init__(self, dev: int, fd: int) -> None:
+    def __init__(self, dev: int, fd: int, fstype: str) -> None:
         self.dev = dev
         self.fd = fd
+        self.fstype = fstype
+        self.syncfs_capable = fstype in SYNCFS_FILESYSTEMS
         self.refs = 0
         self.error_generation = 0  # bumped by each failed syncfs
+        self.lock = threading.Lock()  # syncfs + generation bump + fallback fsyncs: one step
 
     def syncfs(self) -> None:
         if _libc.syncfs(self.fd) != 0:
@@ -68,8 +104,11 @@ class Devices:
         with self._lock:
             device = self._by_dev.get(dev)
             if device is None:
-                device = self._by_dev[dev] = Device(dev, fd)
+                device = self._by_dev[dev] = Device(dev, fd, filesystem_type(dev))
                 fd = -1
+                if not device.syncfs_capable:
+                    log.info("%s is on %s: journals there are fsynced one by one",
+                             directory, device.fstype or "an unknown file system")
             device.refs += 1
         if fd >= 0:
             os.close(fd)
@@ -98,38 +137,57 @@ class SyncOutcome:
     error: OSError | None = None
 
 
-def sync_many(journals: Sequence[Journal]) -> list[SyncOutcome]:
+def sync_many(journals: Sequence[Journal],
+              fsync_all: Callable[[Sequence[Journal]], list[SyncOutcome]] | None = None
+              ) -> list[SyncOutcome]:
     """Make every journal durable; one outcome per journal, in order. Runs in a worker thread.
 
-    Only one `sync_many` may run at a time (the committer's single thread): the error
-    generation bookkeeping below assumes it.
+    `fsync_all` runs the per-journal fsyncs (default: one after another in this thread); the
+    committer passes one that runs them in parallel in its IO pool, so a failed syncfs over
+    hundreds of journals does not stall every stream's ack for long.
     """
+    fsync_all = fsync_all or fsync_each
     outcomes: list[SyncOutcome | None] = [None] * len(journals)
+    alone: list[int] = []
     groups: dict[Device, list[int]] = {}
     for i, j in enumerate(journals):
-        if j.broken or not j.fsync_enabled:
-            outcomes[i] = _fsync_one(j)  # raises JournalError / returns 0.0 as Journal.sync does
-        elif j.error_generation != j.device.error_generation:
-            outcomes[i] = _fsync_one(j)  # an earlier syncfs error may have been on its pages
+        if (j.broken or not j.fsync_enabled or not j.syncfs_capable
+                or j.error_generation != j.device.error_generation):
+            # broken/disabled: Journal.sync raises / returns at once; stale generation: an
+            # earlier syncfs error may have been on this journal's pages.
+            alone.append(i)
         else:
             groups.setdefault(j.device, []).append(i)
     for device, members in groups.items():
-        start = time.perf_counter()
-        try:
-            journals[members[0]]._syncfs()
-        except OSError as e:
-            device.error_generation += 1
-            log.warning("syncfs failed (%s); fsyncing %d journals one by one", e, len(members))
-            for i in members:
-                outcomes[i] = _fsync_one(journals[i])
-            continue
-        seconds = time.perf_counter() - start
+        with device.lock:
+            start = time.perf_counter()
+            try:
+                journals[members[0]]._syncfs()
+            except OSError as e:
+                device.error_generation += 1
+                log.warning("syncfs on %s failed (%s); fsyncing %d journals one by one",
+                            device.fstype, e, len(members))
+                for i, outcome in zip(members, fsync_all([journals[i] for i in members]),
+                                      strict=True):
+                    outcomes[i] = outcome
+                continue
+            seconds = time.perf_counter() - start
         for i in members:
             outcomes[i] = SyncOutcome(seconds)
-    return [o if o is not None else SyncOutcome(0.0) for o in outcomes]
+    if alone:
+        for i, outcome in zip(alone, fsync_all([journals[i] for i in alone]), strict=True):
+            outcomes[i] = outcome
+    missing = [i for i, o in enumerate(outcomes) if o is None]
+    assert not missing, f"sync_many: no outcome for journals {missing}"
+    return [o for o in outcomes if o is not None]
 
 
-def _fsync_one(journal: Journal) -> SyncOutcome:
+def fsync_each(journals: Sequence[Journal]) -> list[SyncOutcome]:
+    return [fsync_one(j) for j in journals]
+
+
+def fsync_one(journal: Journal) -> SyncOutcome:
+    """The journal's own fsync; a success brings it up to its device's error generation."""
     generation = journal.device.error_generation
     try:
         seconds = journal.sync()

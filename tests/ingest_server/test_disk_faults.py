@@ -138,8 +138,8 @@ def test_failed_fsync_cuts_back_to_the_durable_position_and_resume_replays(
 ) -> None:
     faults = Faults(monkeypatch)
     f = frames(8, seed=71)
-    # The bystander streams all along: with syncfs its journal shares the failing batch, and
-    # the per-journal fsyncs that attribute the error must leave it acked and intact.
+    # The bystander streams all along and must finish intact whichever batch its syncs share
+    # with the failing one (attribution inside one batch is pinned down in test_syncfs.py).
     with in_process(tmp_path / "data", sync_mode=sync_mode) as srv, \
             Bystander(srv.url, "calm") as calm:
         with Client(srv.url) as c:
