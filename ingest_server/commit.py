@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol
 
+from .config import ConfigError
 from .metrics import Metrics
 from .storage import Journal
 from .storage.syncfs import (
@@ -145,7 +146,7 @@ async def _finished(work: asyncio.Future[list[SyncOutcome]]) -> list[SyncOutcome
 def make_committer(mode: str, executor: Executor | None, metrics: Metrics) -> Committer:
     """`mode` is ServerConfig.sync_mode: auto, syncfs or fsync (docs/storage.md)."""
     if mode == "syncfs" and not syncfs_trustworthy():
-        raise OSError(f"--sync-mode syncfs needs Linux >= {MIN_KERNEL[0]}.{MIN_KERNEL[1]} "
+        raise ConfigError(f"--sync-mode syncfs needs Linux >= {MIN_KERNEL[0]}.{MIN_KERNEL[1]} "
                       "(earlier kernels do not report every error from syncfs); "
                       "use --sync-mode fsync or auto")
     if mode == "fsync" or (mode == "auto" and not syncfs_trustworthy()):
