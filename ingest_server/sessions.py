@@ -22,7 +22,15 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from uplink.wire import HEADER_SIZE, CloseCode, End, Ended, Hello
+from uplink.wire import (
+    HEADER_SIZE,
+    MAX_ENDED_GAPS,
+    STREAM_ID_PATTERN,
+    CloseCode,
+    End,
+    Ended,
+    Hello,
+)
 
 from .auth import ANONYMOUS, Principal
 from .commit import Committer, PerJournalCommit
@@ -59,6 +67,14 @@ class Refusal(Exception):
 
 def credential_hash(credential: str) -> str:
     return hashlib.sha256(credential.encode()).hexdigest()
+
+
+def ended_message(stream: Stream) -> Ended:
+    """§6: `ended` with the gap totals, so the client can check its own loss accounting."""
+    gaps = stream.gaps
+    return Ended(stream.next_seq, stream.next_sample, len(gaps),
+                 gap_samples=sum(g.end_sample - g.start_sample for g in gaps),
+                 gap_list=tuple((g.start_sample, g.end_sample) for g in gaps[:MAX_ENDED_GAPS]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +123,8 @@ class Registry:
             raise Refusal(CloseCode.SERVICE_RESTART, "server shutting down")
         sid = hello.stream_id
         if not is_valid_stream_id(sid):
-            raise Refusal(CloseCode.BAD_HANDSHAKE, "invalid stream id")
+            raise Refusal(CloseCode.BAD_HANDSHAKE,
+                          f"invalid stream id: it must match {STREAM_ID_PATTERN}")
         fmt, cfg = hello.format, self.config
         if hello.frame_samples > fmt.sample_rate * cfg.max_frame_seconds:
             raise Refusal(CloseCode.BAD_HANDSHAKE,
@@ -151,7 +168,10 @@ class Registry:
         credential = secrets.token_urlsafe(32)
         meta = StreamMeta(sid, hello.format, hello.frame_samples, EPOCH,
                           credential_hash(credential), utc_now(self.wall()),
-                          token_sha256=principal.token_sha256)
+                          token_sha256=principal.token_sha256,
+                          capture_started=None if hello.wall_time is None
+                          else utc_now(hello.wall_time),
+                          labels=hello.labels or None)
         # Registered before the first await, so a concurrent hello for the same id sees it.
         stream = self._stream(meta, None, self.clock())
         stream.owner = owner
@@ -223,7 +243,7 @@ class Registry:
             if not stream.finalized:
                 await self._finalize_locked(stream, "ended")
                 self.metrics.streams_ended += 1
-            return Ended(stream.next_seq, stream.next_sample, len(stream.gaps))
+            return ended_message(stream)
 
     async def expire(self, now: float | None = None) -> list[str]:
         """Finalize as `expired` every open stream disconnected for session_timeout."""

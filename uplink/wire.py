@@ -8,6 +8,8 @@ numbers below refer to it.
 from __future__ import annotations
 
 import json
+import math
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -32,6 +34,27 @@ KIND_GAP = 0x02
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 MAX_CONTROL_BYTES = 4096
 STREAM_ID_MAX_LEN = 128
+# §1: what a stream id may be. It names a directory on the server, so it is checked on both
+# ends: the capture refuses a bad id before connecting, the server answers 4400.
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_STREAM_ID_RE = re.compile(STREAM_ID_PATTERN)
+# §2 hello labels: a few short key/values stored with the stream and shown by the REST API.
+MAX_LABELS = 16
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_LABEL_KEY_RE = re.compile(LABEL_KEY_PATTERN)
+MAX_LABEL_VALUE = 256
+# §6 `ended` lists at most this many gaps (the control message stays under 4 KiB); `gaps`
+# always holds the full count and `gap_samples` the full total.
+MAX_ENDED_GAPS = 64
+# JSON numbers we accept: finite, and integers no larger than a double holds exactly (§5).
+MAX_JSON_INT = 1 << 53
+MAX_WALL_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant ISO 8601 can write
+
+
+def is_valid_stream_id(stream_id: str) -> bool:
+    """§1 pattern, ASCII only, and no '..' (harmless in one path component, never worth it)."""
+    return (stream_id.isascii() and _STREAM_ID_RE.fullmatch(stream_id) is not None
+            and ".." not in stream_id)
 
 
 class CloseCode(IntEnum):
@@ -173,6 +196,10 @@ class Hello:
     frame_samples: int
     resume: Resume | None = None
     protocol: int = PROTOCOL_VERSION
+    #: wall-clock time (POSIX seconds, UTC) at which sample 0 was captured (§2, optional)
+    wall_time: float | None = None
+    #: free-form key/values stored with the stream (§2, optional; at most MAX_LABELS)
+    labels: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +234,11 @@ class End:
 class Ended:
     next_seq: int
     next_sample: int
-    gaps: int
+    gaps: int  # how many gaps the stream records
+    #: total samples in all gaps (absent from old servers: None)
+    gap_samples: int | None = None
+    #: (start_sample, end_sample) of the first MAX_ENDED_GAPS gaps, in order (§6)
+    gap_list: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +268,10 @@ def encode_control(msg: Control) -> str:
                 if msg.resume is None
                 else {"epoch": msg.resume.epoch, "credential": msg.resume.credential},
             }
+            if msg.wall_time is not None:
+                obj["wall_time"] = msg.wall_time
+            if msg.labels:
+                obj["labels"] = dict(msg.labels)
         case Welcome():
             obj = {
                 "type": "welcome",
@@ -266,6 +301,9 @@ def encode_control(msg: Control) -> str:
                 "next_sample": msg.next_sample,
                 "gaps": msg.gaps,
             }
+            if msg.gap_samples is not None:
+                obj["gap_samples"] = msg.gap_samples
+                obj["gap_list"] = [list(g) for g in msg.gap_list[:MAX_ENDED_GAPS]]
         case Ping():
             obj = {"type": "ping", "t": msg.t}
         case Pong():
@@ -281,10 +319,20 @@ def _int(obj: dict[str, Any], key: str, lo: int = 0, hi: int = MAX_U64) -> int:
 
 
 def _num(obj: dict[str, Any], key: str) -> float:
+    """A finite number. A 400-digit integer or NaN must be a 1007, never an OverflowError
+    escaping the decoder, nor a value echoed back as invalid JSON (§5)."""
     v = obj.get(key)
-    if type(v) not in (int, float):
-        raise WireError(f"{obj.get('type')}.{key} must be a number")
-    return float(v)  # type: ignore[arg-type]
+    if type(v) is int:
+        if not -MAX_JSON_INT <= v <= MAX_JSON_INT:
+            raise WireError(f"{obj.get('type')}.{key} is out of range")
+        return float(v)
+    if type(v) is not float or not math.isfinite(v):
+        raise WireError(f"{obj.get('type')}.{key} must be a finite number")
+    return v
+
+
+def _reject_constant(name: str) -> Any:
+    raise WireError(f"control message contains {name}, which is not JSON")
 
 
 def _str(obj: dict[str, Any], key: str, max_len: int = 256) -> str:
@@ -302,7 +350,10 @@ def decode_control(text: str | bytes) -> Control:
     ):
         raise WireError(f"control message over {MAX_CONTROL_BYTES} bytes", CloseCode.MESSAGE_TOO_BIG)
     try:
-        obj = json.loads(text)
+        # NaN / Infinity are Python extensions, not JSON: refused where they stand (§5)
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except WireError:
+        raise
     except (ValueError, RecursionError) as e:
         raise WireError(f"control message is not JSON: {e}") from e
     if not isinstance(obj, dict):
@@ -319,7 +370,7 @@ def decode_control(text: str | bytes) -> Control:
     if kind == "pong":
         return Pong(_num(obj, "t"))
     if kind == "ended":
-        return Ended(_int(obj, "next_seq"), _int(obj, "next_sample"), _int(obj, "gaps"))
+        return _decode_ended(obj)
     if kind == "welcome":
         return _decode_welcome(obj)
     raise WireError(f"unknown control message type {kind!r}")
@@ -344,13 +395,63 @@ def _decode_hello(obj: dict[str, Any]) -> Hello:
         if not isinstance(resume_obj, dict):
             raise WireError("hello.resume must be an object or null", CloseCode.BAD_HANDSHAKE)
         resume = Resume(_int(resume_obj, "epoch", 1, 0xFFFFFFFF), _str(resume_obj, "credential"))
+    wall_time = None
+    if obj.get("wall_time") is not None:
+        wall_time = _num(obj, "wall_time")
+        if not 0 <= wall_time <= MAX_WALL_TIME:
+            raise WireError("hello.wall_time must be POSIX seconds between 1970 and 9999",
+                            CloseCode.BAD_HANDSHAKE)
     return Hello(
         stream_id=_str(obj, "stream_id", STREAM_ID_MAX_LEN),
         format=fmt,
         frame_samples=_int(obj, "frame_samples", 1, 1 << 20),
         resume=resume,
         protocol=version,
+        wall_time=wall_time,
+        labels=_labels(obj.get("labels")),
     )
+
+
+def validate_labels(labels: dict[str, str]) -> None:
+    """Raise ValueError saying what is wrong with `labels` (§2); used by both ends."""
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not isinstance(key, str) or _LABEL_KEY_RE.fullmatch(key) is None:
+            raise ValueError(f"label key {key!r} must match {LABEL_KEY_PATTERN}")
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
+            raise ValueError(f"label {key!r}: value must be a string of at most "
+                             f"{MAX_LABEL_VALUE} characters")
+
+
+def _labels(raw: object) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise WireError("hello.labels must be an object", CloseCode.BAD_HANDSHAKE)
+    try:
+        validate_labels(raw)
+    except ValueError as e:
+        raise WireError(f"hello.labels: {e}", CloseCode.BAD_HANDSHAKE) from None
+    return dict(raw)
+
+
+def _decode_ended(obj: dict[str, Any]) -> Ended:
+    gap_samples = None
+    gap_list: list[tuple[int, int]] = []
+    if "gap_samples" in obj:
+        gap_samples = _int(obj, "gap_samples")
+        raw = obj.get("gap_list")
+        if not isinstance(raw, list) or len(raw) > MAX_ENDED_GAPS:
+            raise WireError(f"ended.gap_list must be a list of at most {MAX_ENDED_GAPS} gaps")
+        for item in raw:
+            if (not isinstance(item, list) or len(item) != 2
+                    or any(type(x) is not int or not 0 <= x <= MAX_U64 for x in item)
+                    or item[0] >= item[1]):
+                raise WireError("ended.gap_list items must be [start_sample, end_sample]")
+            gap_list.append((item[0], item[1]))
+    return Ended(_int(obj, "next_seq"), _int(obj, "next_sample"), _int(obj, "gaps"),
+                 gap_samples, tuple(gap_list))
 
 
 def _decode_welcome(obj: dict[str, Any]) -> Welcome:

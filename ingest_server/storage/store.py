@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from uplink.audio import AudioFormat
+from uplink.wire import is_valid_stream_id
 
 from .journal import FILE_MAGIC, Gap, Journal, JournalError, Position
 from .wav import JournalWav, fsync_dir, write_file_atomic
@@ -33,22 +33,11 @@ JOURNAL = "journal.bin"
 META = "meta.json"
 AUDIO = "audio.wav"
 META_VERSION = 1
-STREAM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TRASH_PREFIX = ".trash-"  # a deleted stream's directory, renamed away before its removal
 
 
 class StorageError(Exception):
     """The data directory cannot be used; the message says which and why."""
-
-
-def is_valid_stream_id(stream_id: str) -> bool:
-    """§1 pattern, minus '..' (harmless inside one path component, but never worth allowing).
-
-    ASCII only: `re` with a `str` pattern would let `[A-Za-z0-9]` match nothing else, but the
-    explicit check keeps that true whatever flags a later edit adds.
-    """
-    return (stream_id.isascii() and STREAM_ID_RE.fullmatch(stream_id) is not None
-            and ".." not in stream_id)
 
 
 def utc_now(timestamp: float | None = None) -> str:
@@ -82,6 +71,10 @@ class StreamMeta:
     # SHA-256 of the bearer token that created the stream; only that token may resume it.
     # None: created while authentication was off (docs/operations.md, "Tokens").
     token_sha256: str | None = None
+    # protocol §2 hello extras: the capture's wall-clock time of sample 0 (ISO 8601 UTC) and
+    # its labels; both None when the capture did not send them (older clients)
+    capture_started: str | None = None
+    labels: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +93,8 @@ class StreamMeta:
             "next_sample": self.next_sample,
             "frames": self.frames,
             "gaps": [g.to_json() for g in self.gaps],
+            "capture_started": self.capture_started,
+            "labels": self.labels,
         }
 
     @classmethod
@@ -122,6 +117,8 @@ class StreamMeta:
                 frames=int(obj["frames"]),
                 gaps=[Gap(**g) for g in obj["gaps"]],
                 token_sha256=obj.get("token_sha256"),
+                capture_started=obj.get("capture_started"),
+                labels=obj.get("labels"),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed meta.json: {e!r}") from e

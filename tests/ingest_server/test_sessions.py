@@ -97,7 +97,7 @@ def test_disconnected_stream_expires_after_session_timeout(tmp_path: Path) -> No
         b, _ = await attach(reg, "s", resume=a)
         assert b.resumed and b.stream.finalized
         ended = await reg.end(b.stream, End(3, 3 * FRAME))
-        assert ended == Ended(3, 3 * FRAME, 0)
+        assert ended == Ended(3, 3 * FRAME, 0, 0)
         assert await reg.end(b.stream, End(3, 3 * FRAME)) == ended  # idempotent
 
     run(scenario())
@@ -176,7 +176,7 @@ def test_end_checks_the_position(tmp_path: Path) -> None:
         with pytest.raises(Refusal) as e:
             await reg.end(a.stream, End(3, 3 * FRAME))
         assert e.value.code == CloseCode.PROTOCOL_ERROR and not a.stream.finalized
-        assert await reg.end(a.stream, End(2, 2 * FRAME)) == Ended(2, 2 * FRAME, 0)
+        assert await reg.end(a.stream, End(2, 2 * FRAME)) == Ended(2, 2 * FRAME, 0, 0)
         assert a.stream.meta.end_reason == "ended"
 
     run(scenario())
