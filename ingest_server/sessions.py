@@ -45,6 +45,7 @@ from .storage import (
     parse_utc,
     utc_now,
 )
+from .storage.store import is_reopenable
 from .stream import Owner, Stream
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class Registry:
             raise Refusal(CloseCode.POLICY_VIOLATION, "stream belongs to another token")
         if fmt != stream.meta.format or hello.frame_samples != stream.meta.frame_samples:
             raise Refusal(CloseCode.BAD_HANDSHAKE, "format or frame_samples differ from the stream's")
+        if is_reopenable(stream.meta):
+            await self._reopen(stream)
         await self._take_over(stream, owner)
         self.metrics.resumes += 1
         return Attached(stream, hello.resume.credential, resumed=True)
@@ -193,6 +196,34 @@ class Registry:
             stream.durable = journal.position
         self.metrics.streams_created += 1
         return Attached(stream, credential, resumed=False)
+
+    async def _reopen(self, stream: Stream) -> None:
+        """An outage outlasted the session timeout: the credential holder continues the
+        expired stream instead of losing what it still buffers (protocol.md §2 "Expired
+        streams"). What its buffer could not keep arrives as GAP items, as after any outage."""
+        async with stream.lock:
+            if not is_reopenable(stream.meta):
+                return  # another connection reopened it meanwhile
+            if self.open_count >= self.config.max_streams:
+                raise Refusal(CloseCode.TRY_AGAIN_LATER,
+                              f"too many open streams ({self.config.max_streams})")
+            try:
+                meta, journal = await self._run(self.store.reopen, stream.meta)
+            except FileNotFoundError:
+                return  # expired by a server that deleted journals: it stays finalized
+            except OSError as e:
+                errors = self.metrics.storage_errors
+                errors["reopen"] = errors.get("reopen", 0) + 1
+                log.error("cannot reopen expired stream %s: %s", stream.stream_id, e,
+                          extra={"ctx": {"stream_id": stream.stream_id, "error": str(e)}})
+                raise Refusal(CloseCode.TRY_AGAIN_LATER, "storage failure") from e
+            stream.meta = meta
+            stream.journal = journal
+            stream.durable = journal.position
+            self.open_count += 1
+        log.info("stream %s reopened after it had expired (%d frames, %.1f s kept)",
+                 stream.stream_id, meta.next_seq, meta.next_sample / meta.format.sample_rate,
+                 extra={"ctx": {"stream_id": stream.stream_id, "event": "reopened"}})
 
     def _forget(self, stream: Stream) -> None:
         del self.streams[stream.stream_id]

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,8 @@ class StreamMeta:
     # its labels; both None when the capture did not send them (older clients)
     capture_started: str | None = None
     labels: dict[str, str] | None = None
+    # how often the stream was reopened after expiring (protocol.md §2 "Expired streams")
+    reopened: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +97,7 @@ class StreamMeta:
             "gaps": [g.to_json() for g in self.gaps],
             "capture_started": self.capture_started,
             "labels": self.labels,
+            "reopened": self.reopened,
         }
 
     @classmethod
@@ -119,9 +122,15 @@ class StreamMeta:
                 token_sha256=obj.get("token_sha256"),
                 capture_started=obj.get("capture_started"),
                 labels=obj.get("labels"),
+                reopened=int(obj.get("reopened", 0)),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed meta.json: {e!r}") from e
+
+
+def is_reopenable(meta: StreamMeta) -> bool:
+    """An expired stream may be continued by its credential holder; an ended one never."""
+    return meta.state == "finalized" and meta.end_reason == "expired"
 
 
 class Store:
@@ -183,19 +192,52 @@ class Store:
         """WAV first, then meta (the commit point), then drop the journal (docs/storage.md).
 
         `meta` already carries the final state and totals. A crash before the meta rename
-        leaves an open stream whose WAV is rewritten when it is finalized again.
+        leaves an open stream whose WAV is rewritten when it is finalized again. An *expired*
+        stream keeps its journal: the holder of its resume credential may still reopen it
+        (`reopen`, protocol.md §2 "Expired streams"), and the journal is what appends go on.
         """
         d = self.stream_dir(meta.stream_id)
         write_file_atomic(d / AUDIO, JournalWav(d / JOURNAL, meta.format, journal.position),
                           fsync=self.fsync)
         self.write_meta(meta)  # committed: from here on, failures only leave litter
         journal.close()
+        if is_reopenable(meta):
+            return
         try:
             (d / JOURNAL).unlink()
             if self.fsync:
                 fsync_dir(d)
         except OSError as e:  # recovery removes a finalized stream's leftover journal
             log.warning("%s: cannot remove the journal after finalizing: %s", d, e)
+
+    def reopen(self, meta: StreamMeta) -> tuple[StreamMeta, Journal]:
+        """Make an expired stream open again for its credential holder (protocol.md §2).
+
+        The journal is opened (and checked against the totals meta.json recorded) before
+        anything changes; meta.json back in state `open` is the commit point; the stale
+        audio.wav goes last (a crash in between leaves an open stream with a WAV beside it,
+        which its next finalization rewrites). Raises FileNotFoundError when the journal is
+        gone (an expiry by an older server): the stream stays finalized.
+        """
+        d = self.stream_dir(meta.stream_id)
+        journal = Journal.open(d / JOURNAL, meta.format.block_align, fsync=self.fsync)
+        try:
+            pos = journal.position
+            if (pos.next_seq, pos.next_sample) != (meta.next_seq, meta.next_sample):
+                raise JournalError(
+                    f"{d / JOURNAL} ends at seq {pos.next_seq} sample {pos.next_sample}, "
+                    f"meta.json at seq {meta.next_seq} sample {meta.next_sample}")
+            reopened = replace(meta, state="open", end_reason=None, ended=None,
+                               reopened=meta.reopened + 1)
+            self.write_meta(reopened)
+        except BaseException:
+            journal.close()
+            raise
+        try:
+            (d / AUDIO).unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("%s: cannot remove the stale audio.wav after reopening: %s", d, e)
+        return reopened, journal
 
     def delete(self, stream_id: str) -> None:
         """Remove a finalized stream (retention). The rename makes it atomic: a crash leaves
@@ -246,6 +288,8 @@ class Store:
         if meta.stream_id != d.name:
             raise ValueError(f"meta.json names stream {meta.stream_id!r}")
         if meta.state == "finalized":
+            if is_reopenable(meta):  # an expired stream keeps its journal (`finalize`)
+                return meta, None
             if (d / JOURNAL).exists():  # crashed between the meta commit and the unlink
                 (d / JOURNAL).unlink()
             return meta, None

@@ -93,8 +93,54 @@ def test_disconnected_stream_expires_after_session_timeout(tmp_path: Path) -> No
         assert (meta.state, meta.end_reason, meta.next_seq, meta.frames) == (
             "finalized", "expired", 3, 3)
         assert (tmp_path / "streams" / "s" / "audio.wav").exists()
-        # Resume of an expired stream: welcome says finalized; `end` is answered (§2, §6).
-        b, _ = await attach(reg, "s", resume=a)
+        # The journal stays: the credential holder may still continue the stream (§2).
+        assert (tmp_path / "streams" / "s" / "journal.bin").exists()
+
+    run(scenario())
+
+
+def test_resume_reopens_an_expired_stream_and_keeps_every_sample(tmp_path: Path) -> None:
+    """An outage longer than the session timeout costs nothing the client still holds."""
+    async def scenario() -> None:
+        clock = FakeClock()
+        reg = make_registry(tmp_path, clock)
+        a, owner = await attach(reg, "x")
+        write(a.stream, 3, seed=1)
+        reg.detach(a.stream, owner)
+        assert await reg.expire(clock.now + TIMEOUT) == ["x"]
+        assert reg.open_count == 0
+        # the server restarts meanwhile: the expired stream is recovered with its journal
+        await reg.close()
+        reg = make_registry(tmp_path, clock)
+        assert reg.streams["x"].finalized
+        b, _ = await attach(reg, "x", resume=a)
+        assert b.resumed and not b.stream.finalized and reg.open_count == 1
+        assert (b.stream.next_seq, b.stream.next_sample) == (3, 3 * FRAME)
+        assert b.stream.meta.reopened == 1 and b.stream.meta.end_reason is None
+        assert not (tmp_path / "streams" / "x" / "audio.wav").exists()  # stale copy gone
+        # the client replays what it buffered, and a gap for what its buffer dropped
+        assert b.stream.journal is not None
+        b.stream.journal.append_gap(3, 2, 3 * FRAME, 5 * FRAME)
+        write(b.stream, 1, seed=2)
+        ended = await reg.end(b.stream, End(6, 6 * FRAME))
+        assert ended == Ended(6, 6 * FRAME, 1, FRAME * 2, ((3 * FRAME, 5 * FRAME),))
+        assert b.stream.meta.end_reason == "ended"
+        assert not (tmp_path / "streams" / "x" / "journal.bin").exists()
+        wav = (tmp_path / "streams" / "x" / "audio.wav").read_bytes()
+        pcm = b"".join(frames(3, 1)) + bytes(2 * FRAME * 2) + b"".join(frames(1, 2))
+        assert wav.endswith(pcm) and len(wav) == 44 + len(pcm)
+
+    run(scenario())
+
+
+def test_an_ended_stream_is_never_reopened(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = make_registry(tmp_path, FakeClock())
+        a, _ = await attach(reg, "done")
+        write(a.stream, 3, seed=1)
+        await reg.end(a.stream, End(3, 3 * FRAME))
+        # Resume of an ended stream: welcome says finalized; `end` is answered (§2, §6).
+        b, _ = await attach(reg, "done", resume=a)
         assert b.resumed and b.stream.finalized
         ended = await reg.end(b.stream, End(3, 3 * FRAME))
         assert ended == Ended(3, 3 * FRAME, 0, 0)
