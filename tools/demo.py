@@ -1,9 +1,11 @@
 """The README's main command: start an ingest server, stream audio to it, show where it landed.
 
-    bash tools/dev.sh demo [--speed 1] [--data-dir ./data] [--seconds 10]
+    bash tools/dev.sh demo [--speed 1] [--data-dir ./data] [--seconds 10] [--no-serve]
 
 Streams the microphone when one is available (for --seconds), otherwise the bundled speech
-recording, and says which it chose. Then checks the stored audio against the source.
+recording, and says which it chose. Then checks the stored audio against the source, prints
+the curl commands that fetch it, and keeps the server running until Ctrl-C so they work
+(when run from a terminal; `--no-serve` or a non-interactive run stops it at once).
 """
 
 from __future__ import annotations
@@ -72,7 +74,11 @@ def main() -> int:
     ap.add_argument("--speed", type=float, default=1.0, help="file playback speed (1 = real time)")
     ap.add_argument("--seconds", type=float, default=10.0, help="microphone capture length")
     ap.add_argument("--input", type=Path, help="stream this WAV instead of mic / bundled recording")
+    ap.add_argument("--serve", action=argparse.BooleanOptionalAction, default=None,
+                    help="keep the server running until Ctrl-C afterwards "
+                    "(default: when stdin is a terminal)")
     args = ap.parse_args()
+    serve = sys.stdin.isatty() if args.serve is None else args.serve
 
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -117,11 +123,23 @@ def main() -> int:
             verdict = f"sample-identical to {what}" if sent == stored else f"DIFFERENT from {what}"
             print(f"[demo] stored audio is {verdict} ({len(stored)} bytes)")
         print(f"[demo] the audio landed in {wav_path}")
-        print("[demo] the demo server stops now; to fetch the audio over HTTP, run the server "
-              "again on the same data dir and ask it:")
-        print(f"[demo]   .venv/bin/echopanel-ingest --port {port} --data-dir {data_dir} &")
-        print(f"[demo]   curl -o {stream_id}.wav {http}/v1/streams/{stream_id}/audio.wav")
-        print(f"[demo]   curl {http}/v1/streams")
+        fetch = [f"curl -f -o {stream_id}.wav {http}/v1/streams/{stream_id}/audio.wav",
+                 f"curl -f {http}/v1/streams"]
+        if not serve:
+            print("[demo] the demo server stops now; to fetch the audio over HTTP, run it "
+                  "again on the same data dir and ask it:")
+            print(f"[demo]   bash tools/dev.sh serve --port {port} --data-dir {data_dir} &")
+            for line in fetch:
+                print(f"[demo]   {line}")
+            return 0
+        print("[demo] the server keeps running; in another terminal:")
+        for line in fetch:
+            print(f"[demo]   {line}")
+        print("[demo] Ctrl-C stops it")
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            print()
         return 0
     finally:
         server.send_signal(signal.SIGTERM)

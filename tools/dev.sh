@@ -3,6 +3,7 @@
 #
 #   bash tools/dev.sh demo   # ingest server + capture streaming the mic (or bundled recording)
 #   bash tools/dev.sh test   # the whole test suite (what CI runs)
+#   bash tools/dev.sh serve  # just the ingest server on 127.0.0.1:8765 with ./data (flags pass through)
 #
 # It installs what it needs: Debian packages when run as root (PortAudio, PulseAudio, ALSA's
 # pulse plugin, espeak-ng, sox), a venv in .venv, and the project with its test extras.
@@ -72,12 +73,17 @@ case "$cmd" in
     setup_venv
     exec "$VENV/bin/python" -m tools.demo "$@"
     ;;
+  serve)
+    install_system_packages
+    setup_venv
+    exec "$VENV/bin/echopanel-ingest" --host 127.0.0.1 --port 8765 --data-dir ./data "$@"
+    ;;
   setup)
     install_system_packages
     setup_venv
     ;;
   *)
-    echo "usage: bash tools/dev.sh {demo|test|setup} [args...]" >&2
+    echo "usage: bash tools/dev.sh {demo|test|serve|setup} [args...]" >&2
     exit 2
     ;;
 esac

@@ -93,6 +93,9 @@ def stream_through_outage(tmp_path: Path, stream_id: str, buffer_seconds: float,
 
     try:
         frames_dropped, samples_dropped = asyncio.run(scenario())
+    except BaseException:
+        server.stop()
+        raise
     finally:
         proxy.stop()
     return server, frames_dropped, samples_dropped
