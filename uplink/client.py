@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
+import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, InvalidURI
 
 from uplink import wire
 from uplink.config import UplinkConfig
@@ -32,6 +36,8 @@ from uplink.core import (
     Counters,
     Failed,
     Finished,
+    GapMismatch,
+    GapRecorded,
     OpenConnection,
     SendBinary,
     SendText,
@@ -43,10 +49,11 @@ from uplink.errors import (
     ConnectFailed,
     FatalError,
     HandshakeRefused,
+    TlsFailure,
     UplinkError,
     error_for_http_status,
 )
-from uplink.ring import RingBuffer, RingStats
+from uplink.ring import GapReason, RingBuffer, RingStats
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,9 @@ class UplinkResult:
     ok: bool
     error: FatalError | None
     stats: UplinkStats
+    #: the server's `ended` gap totals disagreed with the GAPs it acknowledged (§6); None
+    #: when they agree, or the server is too old to send totals
+    gap_mismatch: str | None = None
 
 
 def endpoint_url(server: str) -> str:
@@ -94,16 +104,25 @@ class UplinkClient:
         token: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        *,
+        cafile: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.url = endpoint_url(server)
         self.ring = ring
+        #: may be replaced before `retry()` (e.g. the application obtained a new token)
         self.token = token
         self.config = config
         self.clock = clock
-        self.core = UplinkCore(ring, stream_id, config, rng)
+        self.core = UplinkCore(ring, stream_id, config, rng, labels=labels)  # validates labels
+        self._ssl = _tls_context(self.url, cafile)
         self._listeners: list[Callable[[ConnectionState], None]] = []
         #: called with the new acked seq (everything below is durable) whenever it advances
         self.on_ack: Callable[[int], None] | None = None
+        #: called with (start_sample, samples, reason) when the server acknowledged a GAP:
+        #: those samples are recorded as lost (silence in the WAV), exactly that range
+        self.on_gap: Callable[[int, int, GapReason], None] | None = None
+        self._retry_requested = False
         self._queues: list[asyncio.Queue[ConnectionState]] = []
         self._ws: ClientConnection | None = None
         self._gen = 0
@@ -148,7 +167,12 @@ class UplinkClient:
     # -- running --------------------------------------------------------------------------
 
     async def run(self) -> UplinkResult:
-        """Stream until the server acked end-of-stream, or a fatal error."""
+        """Stream until the server acked end-of-stream, or a fatal error.
+
+        After a fatal error, `retry()` then `run()` again continues the same stream.
+        """
+        if self.core.state is State.FAILED and not self._retry_requested:
+            raise RuntimeError("the uplink failed: call retry() before running it again")
         loop = self._loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
         def wake() -> None:
@@ -161,7 +185,11 @@ class UplinkClient:
         self.ring.on_data = wake
         self._spawn(self._writer())
         try:
-            self._execute(self.core.start(self.clock()))
+            if self._retry_requested:
+                self._retry_requested = False
+                self._execute(self.core.retry(self.clock()))
+            else:
+                self._execute(self.core.start(self.clock()))
             await self._finished
         finally:
             self.ring.on_data = None
@@ -169,7 +197,23 @@ class UplinkClient:
                 self.ring.abort()
             await self._shutdown()
         error = self.core.error
-        return UplinkResult(ok=error is None, error=error, stats=self.stats())
+        return UplinkResult(ok=error is None, error=error, stats=self.stats(),
+                            gap_mismatch=self.core.gap_mismatch)
+
+    def retry(self, *, token: str | None = None) -> None:
+        """After `run()` returned a fatal error whose cause the application fixed: the next
+        `run()` reconnects with the same epoch and credential (§8) and replays everything
+        the ring still holds, with a fresh retry budget. `token` replaces the token.
+
+        Synchronous and cheap: it only arms the retry. Call it once `run()` has returned.
+        """
+        if self.core.state is not State.FAILED:
+            raise RuntimeError(f"retry() is for a failed uplink (it is {self.core.state.value})")
+        if self._finished is not None and not self._finished.done():
+            raise RuntimeError("retry() only after run() returned")
+        if token is not None:
+            self.token = token
+        self._retry_requested = True
 
     def give_up(self, reason: str) -> None:
         """Stop now (e.g. a second Ctrl-C): fail with `reason`; the ring keeps the audio."""
@@ -226,6 +270,15 @@ class UplinkClient:
                             log.exception("state listener %r failed", listener)
                     for queue in self._queues:
                         queue.put_nowait(state)
+                case GapRecorded(start, samples, reason):
+                    if self.on_gap is not None:
+                        try:
+                            self.on_gap(start, samples, reason)
+                        except Exception:  # an observer's bug must not stop the uplink
+                            log.exception("on_gap hook failed")
+                case GapMismatch(detail):
+                    log.error("gap accounting mismatch for stream %s: %s",
+                              self.core.stream_id, detail)
                 case Finished() | Failed():
                     if self._finished is not None and not self._finished.done():
                         self._finished.set_result(None)
@@ -257,14 +310,22 @@ class UplinkClient:
                 additional_headers=headers,
                 compression=None,  # PCM does not compress (docs/protocol.md §1)
                 proxy=None,
+                ssl=self._ssl,
                 open_timeout=self.config.connect_timeout,
                 ping_interval=None,  # liveness is the core's job (acks, app-level pings)
                 close_timeout=1.0,
                 max_size=wire.DEFAULT_MAX_MESSAGE_BYTES,
             )
         except Exception as e:  # translated at the boundary, cause kept
+            if gen != self._gen:
+                return
+            error = _translate_open_error(e, self.url)
+            if (isinstance(e, InvalidMessage) and self.url.startswith("ws://")
+                    and await _speaks_tls(self.url, self.config.connect_timeout)):
+                error = TlsFailure("the server speaks TLS: use wss://, not ws://")
+                error.__cause__ = e
             if gen == self._gen:
-                self._execute(self.core.connection_failed(_translate_open_error(e), self.clock()))
+                self._execute(self.core.connection_failed(error, self.clock()))
             return
         if gen != self._gen:
             await _close_quietly(ws, 1000, "superseded locally")
@@ -348,15 +409,58 @@ async def _close_quietly(ws: ClientConnection, code: int, reason: str) -> None:
         await ws.close(code, reason)
 
 
-def _translate_open_error(e: Exception) -> UplinkError:
+def _tls_context(url: str, cafile: str | None) -> ssl.SSLContext | None:
+    """The TLS context for wss:// (system CAs, plus `cafile` for a private CA)."""
+    if not url.startswith("wss://"):
+        if cafile is not None:
+            raise ValueError("cafile is only for wss:// servers")
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"cannot load the CA file {cafile}: {e}") from e
+
+
+# OpenSSL reasons that mean the peer does not speak TLS (or no version we accept): a plain
+# HTTP server answers a ClientHello with text, which OpenSSL reads as a bad record
+_NOT_TLS_REASONS = frozenset({
+    "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "HTTP_REQUEST",
+    "PACKET_LENGTH_TOO_LONG", "UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION",
+    "NO_PROTOCOLS_AVAILABLE",
+})
+# getaddrinfo answers that mean the name does not exist (EAI_AGAIN is a transient failure)
+_NO_SUCH_NAME = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)
+)
+
+
+def _translate_open_error(e: Exception, url: str = "") -> UplinkError:
+    """Socket, TLS and websockets exceptions → the uplink's hierarchy (cause kept).
+
+    Errors that reconnecting cannot fix are fatal here, with what to do (docs/resilience.md).
+    """
+    err: UplinkError
     if isinstance(e, InvalidStatus):
         status = e.response.status_code
         body = e.response.body.decode("utf-8", "replace")[:200] if e.response.body else ""
         err = error_for_http_status(status, body.strip())
     elif isinstance(e, InvalidURI):
         err = HandshakeRefused(f"invalid server URL: {e}")
+    elif isinstance(e, ssl.SSLCertVerificationError):
+        err = TlsFailure(
+            f"certificate verify failed: {e.verify_message} — pass --cafile with your CA "
+            "(cafile=), or check the host name in the server URL"
+        )
+    elif isinstance(e, ssl.SSLError) and e.reason in _NOT_TLS_REASONS:
+        err = TlsFailure(f"the server does not speak TLS ({e.reason}): use ws://, not wss://")
     elif isinstance(e, TimeoutError | asyncio.TimeoutError):
         err = ConnectFailed("timed out opening the connection")
+    elif isinstance(e, socket.gaierror):
+        host = url.split("://", 1)[-1].split("/", 1)[0]
+        err = ConnectFailed(f"cannot resolve {host}: {e.strerror or e}",
+                            unresolved=e.errno in _NO_SUCH_NAME)
+    elif isinstance(e, OSError) and _refused(e):
+        err = ConnectFailed(f"connection refused — is echopanel-ingest running at {url}?")
     elif isinstance(e, OSError):
         err = ConnectFailed(f"cannot connect: {e.strerror or e}")
     elif isinstance(e, websockets.exceptions.InvalidHandshake):
@@ -365,3 +469,32 @@ def _translate_open_error(e: Exception) -> UplinkError:
         err = ConnectFailed(f"cannot connect: {e!r}")
     err.__cause__ = e
     return err
+
+
+def _refused(e: OSError) -> bool:
+    # asyncio joins the per-address errors of a multi-address host into one OSError
+    return isinstance(e, ConnectionRefusedError) or (
+        e.errno is None and f"[Errno {errno.ECONNREFUSED}]" in str(e)
+    )
+
+
+async def _speaks_tls(url: str, timeout: float) -> bool:
+    """Does the server at this ws:// URL complete a TLS handshake (certificate unchecked)?
+
+    A TLS server reading a plain upgrade request closes without a byte of answer, which
+    looks like a server dying mid-upgrade; this probe tells the two apart.
+    """
+    parts = urlsplit(url)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # only asks "is this TLS?"; nothing is sent over it
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port or 80, ssl=ctx), timeout
+        )
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True

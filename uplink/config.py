@@ -7,7 +7,9 @@ ring has to hold and the server has to catch up on.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -54,7 +56,8 @@ PROFILES: dict[str, UplinkConfig] = {
         heartbeat_timeout=10.0,
         ack_timeout=5.0,
         backoff=BackoffConfig(base=1.0, cap=60.0),
-        breaker=BreakerConfig(failure_threshold=5),
+        # a production server restarts with more streams to recover: a longer grace
+        breaker=BreakerConfig(failure_threshold=5, restart_grace=30.0),
         budget=RetryBudgetConfig(max_initial_attempts=15),
     ),
 }
@@ -71,13 +74,59 @@ _FLAT: dict[str, tuple[str | None, str]] = {
     "breaker_failures": ("breaker", "failure_threshold"),
     "breaker_successes": ("breaker", "success_threshold"),
     "breaker_open_timeout": ("breaker", "open_timeout"),
+    "restart_grace": ("breaker", "restart_grace"),
     "max_attempts": ("budget", "max_initial_attempts"),
     "max_outage": ("budget", "max_outage"),
 }
 
 
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _at_least(low: float) -> Callable[[float], str | None]:
+    return lambda v: None if v >= low else f"must be at least {low:g}"
+
+
+def _fraction(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+# What each value must satisfy; a value outside is refused naming its flag or variable.
+_RULES: dict[str, Callable[[float], str | None]] = {
+    "buffer_seconds": _positive,
+    "frame_ms": _positive,
+    "window_frames": _at_least(1),
+    "max_coalesce_bytes": _at_least(1024),
+    "connect_timeout": _positive,
+    "handshake_timeout": _positive,
+    "ack_timeout": _positive,
+    "heartbeat_interval": _positive,
+    "heartbeat_timeout": _positive,
+    "end_timeout": _positive,
+    "backoff_base": _positive,
+    "backoff_cap": _positive,
+    "backoff_multiplier": _at_least(1),
+    "backoff_jitter": _fraction,
+    "breaker_failures": _at_least(1),
+    "breaker_successes": _at_least(1),
+    "breaker_open_timeout": _positive,
+    "restart_grace": _at_least(0),
+    "max_attempts": _at_least(0),  # 0 = never give up
+    "max_outage": _positive,  # or none/never/inf: never give up
+}
+
+
 def flat_option_names() -> list[str]:
     return list(_FLAT)
+
+
+def flag_name(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def env_name(name: str) -> str:
+    return f"ECHOPANEL_UPLINK_{name.upper()}"
 
 
 def build_config(
@@ -94,33 +143,43 @@ def build_config(
         raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
     config = PROFILES[profile]
     env = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
+    merged: dict[str, tuple[Any, str]] = {}  # name → (value, where it came from)
     for name in _FLAT:
-        raw = env.get(f"ECHOPANEL_UPLINK_{name.upper()}")
+        raw = env.get(env_name(name))
         if raw is not None and raw != "":
-            merged[name] = raw
+            merged[name] = (raw, env_name(name))
     for name, value in (overrides or {}).items():
-        if value is not None:
-            merged[name] = value
-    for name, value in merged.items():
         if name not in _FLAT:
             raise ValueError(f"unknown uplink option {name!r}")
-        config = _set(config, name, value)
+        if value is not None:
+            merged[name] = (value, flag_name(name))
+    for name, (value, source) in merged.items():
+        config = _set(config, name, value, source)
     return config
 
 
-def _set(config: UplinkConfig, name: str, value: Any) -> UplinkConfig:
+def _set(config: UplinkConfig, name: str, value: Any, source: str) -> UplinkConfig:
+    """Convert and check one value; errors name the flag or variable it came from."""
     section, attr = _FLAT[name]
     target: Any = config if section is None else getattr(config, section)
     current = getattr(target, attr)
-    if isinstance(value, str):
-        if value.lower() in ("none", "never", "inf") and attr in ("max_outage",):
-            value = None
-        elif isinstance(current, bool):
-            value = value.lower() in ("1", "true", "yes")
-        elif isinstance(current, int):
-            value = int(value)
-        else:
-            value = float(value)
+    integer = isinstance(current, int) and not isinstance(current, bool)
+    if isinstance(value, str) and value.strip().lower() in ("none", "never", "inf") and (
+        attr == "max_outage"
+    ):
+        value = None
+    elif isinstance(value, str | int | float) and not isinstance(value, bool):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise ValueError(f"{source}: {value!r} is not {kind}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{source}: {value!r} must be a finite number")
+        problem = _RULES[name](value)
+        if problem is not None:
+            raise ValueError(f"{source} {problem} (got {value:g})")
+    else:
+        raise ValueError(f"{source}: {value!r} is not a number")
     updated = replace(target, **{attr: value})
     return updated if section is None else replace(config, **{section: updated})

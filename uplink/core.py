@@ -10,7 +10,7 @@ and gap reporting — is tested by feeding events (tests/uplink/test_core.py).
                       ▲                     │                     │
                       │ retry due           │ lost / timeout      │ lost / timeout
                       └──── WAITING ◄───────┴─────────────────────┘
-                 any state ─fatal / budget spent─► FAILED
+                 any state ─fatal / budget spent─► FAILED ─retry─► CONNECTING
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from uplink import wire
 from uplink.audio import AudioFormat
 from uplink.config import UplinkConfig
 from uplink.errors import (
+    AddressUnresolvable,
+    ConnectFailed,
     ConnectionDropped,
     FatalError,
     HandshakeRefused,
@@ -35,8 +37,12 @@ from uplink.errors import (
     UplinkError,
     error_for_close,
 )
-from uplink.policy import Backoff, BreakerState, CircuitBreaker, RetryBudget
-from uplink.ring import AudioRun, RingBuffer
+from uplink.policy import Backoff, BreakerState, CircuitBreaker, RestartGrace, RetryBudget
+from uplink.ring import AudioRun, GapReason, GapRun, RingBuffer
+
+# §2: a hello waits this long at most for the first frame, so that it can carry the
+# wall-clock time of sample 0 (the stream's capture_started is set only on creation)
+FIRST_FRAME_WAIT = 1.0
 
 
 class State(Enum):
@@ -123,7 +129,35 @@ class Failed:
     error: FatalError
 
 
-Action = OpenConnection | SendText | SendBinary | CloseConnection | StateChanged | Finished | Failed
+@dataclass(frozen=True, slots=True)
+class GapRecorded:
+    """The server acknowledged a GAP: samples [start_sample, start_sample+samples) are lost."""
+
+    start_sample: int
+    samples: int
+    reason: GapReason
+
+
+@dataclass(frozen=True, slots=True)
+class GapMismatch:
+    """The server's `ended` gap totals disagree with the GAPs it acknowledged to us (§6)."""
+
+    detail: str
+
+
+Action = (
+    OpenConnection | SendText | SendBinary | CloseConnection | StateChanged | Finished | Failed
+    | GapRecorded | GapMismatch
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _GapInFlight:
+    first_seq: int
+    end_seq: int
+    start_sample: int
+    end_sample: int
+    reason: GapReason
 
 
 class UplinkCore:
@@ -133,15 +167,20 @@ class UplinkCore:
         stream_id: str,
         config: UplinkConfig,
         rng: random.Random | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
+        if labels:
+            wire.validate_labels(labels)
         self.ring = ring
         self.stream_id = stream_id
+        self.labels = dict(labels) if labels else None
         self.format: AudioFormat = ring.format
         self.config = config
         self.state = State.IDLE
         self.backoff = Backoff(config.backoff, rng or random.Random())
         self.breaker = CircuitBreaker(config.breaker)
         self.budget = RetryBudget(config.budget)
+        self.grace = RestartGrace(config.breaker.restart_grace)
         self.counters = Counters()
         self.epoch: int | None = None
         self.credential: str | None = None
@@ -162,7 +201,10 @@ class UplinkCore:
         self._retry_at: float | None = None
         self._lost_at: float | None = None
         self._highest_sent = 0
-        self._gaps_in_flight: list[tuple[int, int]] = []  # GAP items sent, not yet acked
+        self._gaps_in_flight: list[_GapInFlight] = []  # GAP items sent, not yet acked
+        self.gaps_acked: list[tuple[int, int]] = []  # (start, end sample) the server recorded
+        self.gap_mismatch: str | None = None
+        self._hello_due: float | None = None  # hello deferred until the first frame (§2)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -171,19 +213,38 @@ class UplinkCore:
         return self._attempt(now)
 
     def connection_opened(self, now: float) -> list[Action]:
-        """TCP and the WebSocket upgrade succeeded: say hello (§2)."""
+        """TCP and the WebSocket upgrade succeeded: say hello (§2).
+
+        A hello that creates the stream carries the wall-clock time of sample 0, which
+        exists once the first frame was pushed: until then (at most FIRST_FRAME_WAIT) the
+        hello waits for it.
+        """
         self._expect(State.CONNECTING)
         self.state = State.HANDSHAKING
+        if self.epoch is None and self.ring.wall_time is None and not self.ring.closed:
+            self._hello_due = now + FIRST_FRAME_WAIT
+            return []
+        return self._send_hello(now)
+
+    def _send_hello(self, now: float) -> list[Action]:
+        self._hello_due = None
         self._handshake_deadline = now + self.config.handshake_timeout
         resume = None
         if self.epoch is not None and self.credential is not None:
             resume = wire.Resume(self.epoch, self.credential)
-        hello = wire.Hello(self.stream_id, self.format, self.ring.frame_samples, resume)
+        hello = wire.Hello(self.stream_id, self.format, self.ring.frame_samples, resume,
+                           wall_time=self.ring.wall_time, labels=self.labels)
         return [SendText(wire.encode_control(hello))]
 
     def connection_failed(self, error: UplinkError, now: float) -> list[Action]:
         """Opening failed (refused, DNS, timeout, HTTP status on the upgrade)."""
         self._expect(State.CONNECTING)
+        if isinstance(error, ConnectFailed) and error.unresolved and not self.budget.established:
+            # before any stream existed the address itself is wrong: retrying cannot fix it
+            # (on an established stream a DNS hiccup is retried like any outage)
+            fatal = AddressUnresolvable(f"{error} — check the server address")
+            fatal.__cause__ = error
+            return self._link_failed(fatal, now)
         return self._link_failed(error, now)
 
     def connection_closed(self, code: int | None, reason: str, now: float) -> list[Action]:
@@ -220,6 +281,9 @@ class UplinkCore:
         """The ring got new frames (or was closed): send what the window allows."""
         if self.state is State.STREAMING:
             return self._pump(now)
+        first_frame = self.ring.wall_time is not None or self.ring.closed
+        if self.state is State.HANDSHAKING and self._hello_due is not None and first_frame:
+            return self._send_hello(now)
         return []
 
     def tick(self, now: float) -> list[Action]:
@@ -229,6 +293,8 @@ class UplinkCore:
                 return self._attempt(now)
             return []
         if self.state is State.HANDSHAKING:
+            if self._hello_due is not None:
+                return self._send_hello(now) if now >= self._hello_due else []
             if self._handshake_deadline is not None and now >= self._handshake_deadline:
                 return self._drop(LinkDead("no welcome within the handshake timeout"), now)
             return []
@@ -251,7 +317,7 @@ class UplinkCore:
             case State.WAITING:
                 return self._retry_at
             case State.HANDSHAKING:
-                return self._handshake_deadline
+                return self._hello_due if self._hello_due is not None else self._handshake_deadline
             case State.STREAMING:
                 candidates = [self._ack_deadline, self._pong_deadline]
                 if self._in_flight() == 0:
@@ -265,6 +331,20 @@ class UplinkCore:
         if self.state in (State.DONE, State.FAILED):
             return []
         return self._fail(Interrupted(reason), now)
+
+    def retry(self, now: float) -> list[Action]:
+        """FAILED → CONNECTING: the application fixed the cause (e.g. a new token).
+
+        The ring kept everything not acked; the same epoch and credential resume the stream
+        and replay it (§8). The budget, backoff and breaker start afresh: the user acted.
+        """
+        self._expect(State.FAILED)
+        self.error = None
+        self.ring.clear_abort()
+        self.budget.restart()
+        self.backoff.reset()
+        self.breaker.reset()
+        return self._attempt(now)
 
     # -- derived state --------------------------------------------------------------------
 
@@ -302,7 +382,7 @@ class UplinkCore:
             self.counters.recovery_times.append(now - self._lost_at)
             self._lost_at = None
         self.budget.connected()
-        self._apply_ack(msg.next_seq, msg.next_sample)
+        actions: list[Action] = self._apply_ack(msg.next_seq, msg.next_sample)
         self._gaps_in_flight.clear()  # the server never saw them: they are sent again
         self._send_seq = msg.next_seq
         self._end_sent = False
@@ -317,7 +397,7 @@ class UplinkCore:
         self._ack_deadline = None
         self._pong_deadline = None
         self.state = State.STREAMING
-        actions: list[Action] = [self._publish(ConnectionState("connected"))]
+        actions.append(self._publish(ConnectionState("connected")))
         if msg.finalized and not (self.ring.closed and msg.next_seq == self.ring.tail_seq):
             return actions + self._fail(
                 _finalized_error(msg.next_seq, self.ring.tail_seq), now
@@ -328,8 +408,9 @@ class UplinkCore:
     def _on_ack(self, msg: wire.Ack, now: float) -> list[Action]:
         if msg.next_seq > self._send_seq:
             return self._fail(ServerProtocolError("ack beyond what was sent"), now)
+        actions: list[Action] = []
         if msg.next_seq > self.counters.acked_seq:
-            self._apply_ack(msg.next_seq, msg.next_sample)
+            actions = self._apply_ack(msg.next_seq, msg.next_sample)
             self._mark_healthy()
             if self._in_flight():
                 self._ack_deadline = now + self.config.ack_timeout
@@ -338,25 +419,34 @@ class UplinkCore:
             else:
                 self._ack_deadline = None
         self._schedule_ping(now)
-        return self._pump(now)
+        return actions + self._pump(now)
 
-    def _apply_ack(self, next_seq: int, next_sample: int) -> None:
+    def _apply_ack(self, next_seq: int, next_sample: int) -> list[Action]:
+        actions: list[Action] = []
         if self._gaps_in_flight:
-            # a GAP the server acknowledged is a recorded loss: count it exactly (§8)
-            for first, end in self._gaps_in_flight:
-                if end <= next_seq:
-                    self.ring.confirm_gap(first, end)
-            self._gaps_in_flight = [g for g in self._gaps_in_flight if g[1] > next_seq]
+            # a GAP the server acknowledged is a recorded loss: count it exactly and tell the
+            # application its exact range (§8)
+            for gap in self._gaps_in_flight:
+                if gap.end_seq <= next_seq:
+                    self.ring.confirm_gap(gap.first_seq, gap.end_seq)
+                    self.gaps_acked.append((gap.start_sample, gap.end_sample))
+                    samples = gap.end_sample - gap.start_sample
+                    actions.append(GapRecorded(gap.start_sample, samples, gap.reason))
+            self._gaps_in_flight = [g for g in self._gaps_in_flight if g.end_seq > next_seq]
         self.ring.ack(next_seq, next_sample)
         self.counters.acked_seq = max(self.counters.acked_seq, next_seq)
         self.counters.acked_sample = max(self.counters.acked_sample, next_sample)
+        return actions
 
     def _on_ended(self, msg: wire.Ended, now: float) -> list[Action]:
         if not self._end_sent or msg.next_seq != self.ring.tail_seq:
             return self._fail(ServerProtocolError("unexpected ended"), now)
-        self._apply_ack(msg.next_seq, msg.next_sample)
+        actions = self._apply_ack(msg.next_seq, msg.next_sample)
+        self.gap_mismatch = _check_gaps(self.gaps_acked, msg)
+        if self.gap_mismatch is not None:
+            actions.append(GapMismatch(self.gap_mismatch))
         self.state = State.DONE
-        return [self._publish(ConnectionState("done")), Finished()]
+        return actions + [self._publish(ConnectionState("done")), Finished()]
 
     def _pump(self, now: float) -> list[Action]:
         """Send runs from the ring while the window allows; then `end` if input is over."""
@@ -381,8 +471,10 @@ class UplinkCore:
                 if replayed > 0:
                     self.counters.frames_replayed += replayed
             else:
+                assert isinstance(run, GapRun)
                 data = wire.encode_gap(epoch, run.seq, run.sample_pos, run.count, run.end_sample)
-                self._gaps_in_flight.append((run.seq, run.seq + run.count))
+                self._gaps_in_flight.append(_GapInFlight(
+                    run.seq, run.seq + run.count, run.sample_pos, run.end_sample, run.reason))
             self._highest_sent = max(self._highest_sent, run.seq + run.count)
             self._send_seq = run.seq + run.count
             self.counters.messages_sent += 1
@@ -419,24 +511,34 @@ class UplinkCore:
         if isinstance(error, FatalError):
             return self._fail(error, now)
         assert isinstance(error, RetriableError)
+        if self.state in (State.HANDSHAKING, State.STREAMING) and (
+            self._carried_audio or not error.escalate
+        ):
+            # a healthy link was lost, or the server announced a restart (1001/1012): what
+            # follows is most likely a restart, not an outage (policy.RestartGrace)
+            self.grace.begin(now)
+        self._carried_audio = False  # only a link that carries audio again renews the grace
         self.budget.link_lost(now)
         if self._lost_at is None:
             self._lost_at = now
         self._ack_deadline = self._pong_deadline = self._ping_at = None
-        self._handshake_deadline = None
-        if error.escalate:
+        self._handshake_deadline = self._hello_due = None
+        if not error.escalate:
+            delay = self.backoff.soon_delay()
+        elif error.restart_symptom and self.grace.covers(now):
+            delay = self.backoff.first_step_delay()
+        else:
             self.budget.attempt_failed()
-            self.breaker.record_failure(now)
+            if self.budget.established:
+                # the breaker protects a server we were streaming to; before the first
+                # connection the attempt budget decides (a wrong address should fail fast)
+                self.breaker.record_failure(now)
             steps = 2 if isinstance(error, ConnectionDropped) and error.code == 1013 else 1
             delay = self.backoff.next_delay(steps)
-        else:
-            delay = self.backoff.soon_delay()
         spent = self.budget.exhausted(now)
         if spent is not None:
             return self._fail(RetryBudgetExhausted(f"{spent}; last error: {error}"), now)
         retry_at = now + delay
-        # the breaker protects a server we were streaming to; before the first connection
-        # the attempt budget decides (a wrong address should fail fast, not wait it out)
         until = self.breaker.open_until if self.budget.established else None
         if until is not None:
             retry_at = max(retry_at, until)
@@ -444,7 +546,7 @@ class UplinkCore:
         self.state = State.WAITING
         attempt = max(1, self.backoff.attempt)
         reason = str(error)
-        if self.breaker.state is BreakerState.OPEN:
+        if self.budget.established and self.breaker.state is BreakerState.OPEN:
             reason += " [circuit open]"
         return [self._publish(ConnectionState("reconnecting", attempt, retry_at, reason))]
 
@@ -486,3 +588,22 @@ def _finalized_error(next_seq: int, tail: int) -> FatalError:
         f"stream was already finalized by the server (it holds {next_seq} of {tail} frames)",
         code=wire.CloseCode.STREAM_FINALIZED,
     )
+
+
+def _check_gaps(acked: list[tuple[int, int]], ended: wire.Ended) -> str | None:
+    """Compare the GAPs the server acknowledged to us with its `ended` totals (§6).
+
+    None when they agree (or an old server sent no totals); otherwise what differs.
+    """
+    if ended.gap_samples is None:
+        return None
+    ours = sum(end - start for start, end in acked)
+    problems = []
+    if ended.gaps != len(acked):
+        problems.append(f"server records {ended.gaps} gaps, we had {len(acked)} acknowledged")
+    if ended.gap_samples != ours:
+        problems.append(f"server records {ended.gap_samples} gap samples, we counted {ours}")
+    listed = list(ended.gap_list)
+    if listed != acked[: len(listed)]:
+        problems.append(f"gap ranges differ: server {listed[:3]}…, ours {acked[:3]}…")
+    return "; ".join(problems) or None

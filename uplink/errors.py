@@ -2,11 +2,14 @@
 
     UplinkError
     ├── RetriableError          the uplink reconnects (backoff, breaker)
-    │   ├── ConnectFailed       refused, reset, DNS, timeout, HTTP 5xx on the upgrade
+    │   ├── ConnectFailed       refused, reset, timeout, HTTP 5xx on the upgrade; DNS on an
+    │   │                       established stream
     │   ├── ConnectionDropped   the link closed with a retriable code, or abnormally
     │   └── LinkDead            no ack / no pong within the deadline (zombie link)
     └── FatalError              the uplink stops, says why, and keeps the buffered audio
         ├── HandshakeRefused    HTTP 401/403/404 on the upgrade, or a fatal close code
+        ├── TlsFailure          certificate verification failed, or TLS against a plain server
+        ├── AddressUnresolvable the host name does not resolve (before the first connection)
         ├── ServerProtocolError the server broke protocol v1 (or lost acknowledged audio)
         ├── RetryBudgetExhausted gave up after the configured attempts / outage time
         └── Interrupted         the user stopped the uplink before everything was delivered
@@ -30,13 +33,39 @@ class RetriableError(UplinkError):
     #: escalate backoff (True) or reconnect soon with a small jittered delay (False)
     escalate: bool = True
 
+    @property
+    def restart_symptom(self) -> bool:
+        """What a restarting server looks like from outside (refused, reset, abnormal close).
+
+        Within the restart grace these neither escalate the backoff nor count against the
+        breaker (docs/resilience.md, "Restarts are not failures"). An answer from a server
+        that is up (HTTP 503, close 1013) is never one: it asked us to back off.
+        """
+        return False
+
 
 class FatalError(UplinkError):
     """Reconnecting cannot fix this; the user must act."""
 
 
 class ConnectFailed(RetriableError):
-    """Opening the connection failed (refused, reset, DNS, timeout, HTTP 5xx)."""
+    """Opening the connection failed (refused, reset, DNS, timeout, HTTP 5xx).
+
+    `http_status` is set when the server answered the upgrade (it is up, just busy);
+    `unresolved` when the host name did not resolve (the core makes that fatal before the
+    stream was ever established: the address is wrong, retrying cannot fix it).
+    """
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, unresolved: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.unresolved = unresolved
+
+    @property
+    def restart_symptom(self) -> bool:
+        return self.http_status is None and not self.unresolved
 
 
 class ConnectionDropped(RetriableError):
@@ -46,6 +75,10 @@ class ConnectionDropped(RetriableError):
         super().__init__(message)
         self.code = code
         self.escalate = escalate
+
+    @property
+    def restart_symptom(self) -> bool:
+        return self.code is None  # abnormal closure: the process died (SIGKILL, crash)
 
 
 class LinkDead(RetriableError):
@@ -65,6 +98,15 @@ class HandshakeRefused(FatalError):
 
 class ServerProtocolError(FatalError):
     """The server sent something protocol v1 does not allow."""
+
+
+class TlsFailure(FatalError):
+    """TLS cannot work with this configuration: a certificate the client does not trust, or
+    TLS spoken to a plain server. The message says what to do (--cafile, or ws://)."""
+
+
+class AddressUnresolvable(FatalError):
+    """The server's host name does not resolve and no stream was established yet."""
 
 
 class RetryBudgetExhausted(FatalError):
@@ -98,7 +140,7 @@ def error_for_http_status(status: int, detail: str = "") -> UplinkError:
         f": {detail}" if detail else ""
     )
     if status >= 500 or status == 429:
-        return ConnectFailed(text)
+        return ConnectFailed(text, http_status=status)
     return HandshakeRefused(text, http_status=status)
 
 

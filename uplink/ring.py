@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 from uplink.audio import AudioFormat
 from uplink.wire import MAX_COUNT
@@ -48,6 +49,13 @@ SLOT_GAP = 1
 class OverflowPolicy(Enum):
     BLOCK = "block"
     DROP_OLDEST = "drop-oldest"
+
+
+class GapReason(StrEnum):
+    """Why samples are missing (reported to the application with each acknowledged GAP)."""
+
+    BUFFER_OVERFLOW = "buffer-overflow"  # evicted by drop-oldest during an outage
+    SOURCE = "source"  # lost before the ring (push_gap: e.g. an input overflow)
 
 
 class RingClosed(Exception):
@@ -72,6 +80,7 @@ class GapRun:
     count: int
     sample_pos: int
     end_sample: int
+    reason: GapReason = GapReason.BUFFER_OVERFLOW
 
 
 Run = AudioRun | GapRun
@@ -107,6 +116,7 @@ class RingBuffer:
         frame_samples: int,
         capacity_seconds: float,
         overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if frame_samples <= 0:
             raise ValueError("frame_samples must be positive")
@@ -134,6 +144,10 @@ class RingBuffer:
         self.samples_dropped = 0
         self.frames_evicted = 0  # evicted before being acked (some may have reached the server)
         self.on_data: Callable[[], None] | None = None
+        # wall-clock time of sample 0 (§2 hello wall_time): stamped by the first push, which
+        # arrives when its last sample was captured, so its own duration is subtracted
+        self._wall_clock = wall_clock
+        self._wall_time: float | None = None
 
     # -- capacity ------------------------------------------------------------------------
 
@@ -152,6 +166,8 @@ class RingBuffer:
         n = len(data)
         if n == 0 or n > self.frame_bytes or n % self.format.block_align:
             raise ValueError(f"frame of {n} bytes is not 1..{self.frame_samples} sample frames")
+        if self._wall_time is None:
+            self._stamp_wall_time(n // self.format.block_align)
         with self._lock:
             slot = self._reserve_slot()
             start = slot * self.frame_bytes
@@ -165,6 +181,8 @@ class RingBuffer:
         """Record that `nsamples` sample frames were lost at the source (e.g. input overflow)."""
         if nsamples <= 0:
             return
+        if self._wall_time is None:
+            self._stamp_wall_time(nsamples)
         with self._lock:
             slot = self._reserve_slot()
             self._commit_slot(slot, SLOT_GAP, nsamples)
@@ -186,6 +204,20 @@ class RingBuffer:
         with self._lock:
             self._aborted = True
             self._space.notify_all()
+
+    def clear_abort(self) -> None:
+        """The uplink runs again (an application retry): a full ring blocks again."""
+        with self._lock:
+            self._aborted = False
+
+    def _stamp_wall_time(self, nsamples: int) -> None:
+        # only the producer thread pushes, so only it writes this, once
+        self._wall_time = self._wall_clock() - nsamples / self.format.sample_rate
+
+    @property
+    def wall_time(self) -> float | None:
+        """POSIX time at which sample 0 was captured (None until the first push)."""
+        return self._wall_time
 
     def _reserve_slot(self) -> int:
         if self._closed:
@@ -299,7 +331,7 @@ class RingBuffer:
             slot = from_seq % self.slots
             pos = self._sample_pos[slot]
             if self._kind[slot] == SLOT_GAP:
-                return GapRun(from_seq, 1, pos, pos + self._nsamples[slot])
+                return GapRun(from_seq, 1, pos, pos + self._nsamples[slot], GapReason.SOURCE)
             nsamples = self._nsamples[slot]
             count = 1
             if nsamples == self.frame_samples:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import wave
 from pathlib import Path
 
 import pytest
 
-from tools.ingest_process import IngestServer
+from tools.ingest_process import IngestServer, free_port
 from uplink.audio import AudioFormat, SampleType
 from uplink.client import UplinkClient, endpoint_url
 from uplink.config import UplinkConfig
 from uplink.core import ConnectionState
-from uplink.errors import Interrupted
+from uplink.errors import AddressUnresolvable, HandshakeRefused, Interrupted, RetryBudgetExhausted
+from uplink.policy import RetryBudgetConfig
 from uplink.ring import RingBuffer
 
 FMT = AudioFormat(16_000, 1, SampleType.INT16)
@@ -82,3 +85,58 @@ def test_give_up_while_the_server_is_unreachable_keeps_the_audio(tmp_path: Path)
         assert result.stats.ring.held_frames == 10
 
     asyncio.run(run())
+
+
+def test_refused_connection_names_the_server_it_expected() -> None:
+    url = f"ws://127.0.0.1:{free_port()}/v1/stream"
+    config = UplinkConfig(budget=RetryBudgetConfig(max_initial_attempts=1))
+    result = asyncio.run(asyncio.wait_for(UplinkClient(url, filled_ring(1), "r", config).run(), 30))
+    assert isinstance(result.error, RetryBudgetExhausted)
+    assert f"connection refused — is echopanel-ingest running at {url}?" in str(result.error)
+
+
+def test_unresolvable_host_fails_before_any_retry() -> None:
+    client = UplinkClient("ws://no-such-host.invalid:8765", filled_ring(1), "dns", UplinkConfig())
+    began = time.monotonic()
+    result = asyncio.run(asyncio.wait_for(client.run(), 30))
+    assert isinstance(result.error, AddressUnresolvable), result.error
+    assert "no-such-host.invalid" in str(result.error)
+    assert time.monotonic() - began < 5.0  # not ~45 s of retries
+    assert result.stats.ring.held_frames == 1
+
+
+def test_bad_labels_and_cafile_for_ws_are_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="label"):
+        UplinkClient("ws://h:1", filled_ring(1), "l", UplinkConfig(), labels={"": "x"})
+    with pytest.raises(ValueError, match="wss://"):
+        UplinkClient("ws://h:1", filled_ring(1), "l", UplinkConfig(), cafile="ca.pem")
+    with pytest.raises(ValueError, match="CA file"):
+        UplinkClient("wss://h:1", filled_ring(1), "l", UplinkConfig(),
+                     cafile=str(tmp_path / "missing.pem"))
+
+
+def test_retry_after_a_refused_token_delivers_everything(tmp_path: Path) -> None:
+    """Fatal keeps the audio: a wrong token fails the run; with the right one, retry() and a
+    second run() deliver the whole ring (issue 10 defect 7)."""
+    async def run(server: IngestServer) -> None:
+        ring = filled_ring(60)
+        client = UplinkClient(server.url, ring, "retry-token", UplinkConfig(), token="wrong")
+        gaps: list[tuple[int, int, str]] = []
+        client.on_gap = lambda start, n, why: gaps.append((start, n, why))
+        first = await asyncio.wait_for(client.run(), 30)
+        assert isinstance(first.error, HandshakeRefused), first.error
+        assert first.stats.ring.held_frames == 60
+        with pytest.raises(RuntimeError, match="retry"):
+            await client.run()
+        client.retry(token="the-right-token-0123456789")
+        second = await asyncio.wait_for(client.run(), 30)
+        assert second.ok, second.error
+        assert second.stats.counters.acked_seq == 60 and second.gap_mismatch is None
+        assert gaps == []
+
+    with IngestServer(tmp_path / "data", args=["--token", "the-right-token-0123456789"]) as server:
+        asyncio.run(run(server))
+        stored = server.data_dir / "streams" / "retry-token" / "audio.wav"
+        with wave.open(str(stored)) as wav:
+            pcm = wav.readframes(wav.getnframes())
+    assert pcm == b"".join(bytes([i % 256]) * 640 for i in range(60))

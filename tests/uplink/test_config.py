@@ -30,3 +30,35 @@ def test_unknown_profile_and_option_are_errors() -> None:
         build_config("fast")
     with pytest.raises(ValueError, match="option"):
         build_config("live", {"nope": 1})
+
+
+@pytest.mark.parametrize("name,value,says", [
+    ("buffer_seconds", "0", "--buffer-seconds must be greater than 0"),
+    ("ack_timeout", "-1", "--ack-timeout must be greater than 0"),
+    ("window_frames", "0", "--window-frames must be at least 1"),
+    ("backoff_jitter", "2", "--backoff-jitter must be between 0 and 1"),
+    ("breaker_failures", "0", "--breaker-failures must be at least 1"),
+    ("heartbeat_timeout", "nan", "--heartbeat-timeout"),
+    ("window_frames", "1.5", "--window-frames: '1.5' is not a whole number"),
+    ("connect_timeout", "soon", "--connect-timeout: 'soon' is not a number"),
+])
+def test_bad_flag_values_name_the_flag(name: str, value: str, says: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        build_config("live", {name: value}, environ={})
+    assert says in str(caught.value)
+    assert "buffer_seconds" not in str(caught.value)  # never the internal field name
+
+
+def test_bad_environment_values_name_the_variable() -> None:
+    env = {"ECHOPANEL_UPLINK_BUFFER_SECONDS": "0"}
+    with pytest.raises(ValueError, match="ECHOPANEL_UPLINK_BUFFER_SECONDS must be greater"):
+        build_config("live", environ=env)
+    env = {"ECHOPANEL_UPLINK_MAX_ATTEMPTS": "many"}
+    with pytest.raises(ValueError, match="ECHOPANEL_UPLINK_MAX_ATTEMPTS: 'many' is not"):
+        build_config("live", environ=env)
+
+
+def test_restart_grace_is_a_tuning_option() -> None:
+    assert build_config("live", {"restart_grace": "0"}).breaker.restart_grace == 0.0
+    assert build_config("production").breaker.restart_grace == 30.0
+    assert build_config("live").breaker.restart_grace == 15.0

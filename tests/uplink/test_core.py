@@ -36,12 +36,14 @@ from uplink.ring import OverflowPolicy, RingBuffer
 
 FMT = AudioFormat(16_000, 1, SampleType.INT16)
 FRAME = 320
+WALL = 1_800_000_000.0  # the fake wall clock the test rings read
 
 
 def make(
     frames: int = 0, capacity: float = 10.0, config: UplinkConfig | None = None, **kw: object
 ) -> UplinkCore:
-    ring = RingBuffer(FMT, FRAME, capacity, kw.pop("policy", OverflowPolicy.DROP_OLDEST))  # type: ignore[arg-type]
+    policy = kw.pop("policy", OverflowPolicy.DROP_OLDEST)
+    ring = RingBuffer(FMT, FRAME, capacity, policy, wall_clock=lambda: WALL)  # type: ignore[arg-type]
     for i in range(frames):
         ring.push(bytes([i % 256]) * FRAME * 2)
     return UplinkCore(ring, "s1", config or UplinkConfig(), random.Random(42))
@@ -80,6 +82,10 @@ def connect(core: UplinkCore, now: float = 0.0, **kw: object) -> list[Action]:
     if core.state is State.IDLE:
         assert OpenConnection() in core.start(now)
     hello = texts(core.connection_opened(now))
+    if not hello:  # the hello waits (at most FIRST_FRAME_WAIT) for the first frame (§2)
+        deadline = core.next_deadline()
+        assert deadline is not None
+        hello = texts(core.tick(deadline))
     assert hello[0]["type"] == "hello"
     return core.text_received(welcome(**kw), now)  # type: ignore[arg-type]
 
@@ -99,6 +105,7 @@ def test_handshake_sends_hello_then_streams_after_welcome() -> None:
         "format": {"sample_rate": 16000, "channels": 1, "sample_type": "int16"},
         "frame_samples": 320,
         "resume": None,
+        "wall_time": WALL - 0.02,  # sample 0 was captured one frame before the first push
     }
     actions = core.text_received(welcome(), 0.0)
     assert core.state is State.STREAMING

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from uplink.audio import AudioFormat, SampleType
-from uplink.ring import AudioRun, GapRun, OverflowPolicy, RingBuffer, RingClosed
+from uplink.ring import AudioRun, GapReason, GapRun, OverflowPolicy, RingBuffer, RingClosed
 
 MONO16 = AudioFormat(16_000, 1, SampleType.INT16)
 
@@ -113,7 +113,7 @@ def test_source_gap_slot() -> None:
     ring.push(frame(0))
     ring.push_gap(1000)
     ring.push(frame(1))
-    assert ring.read(1, 10, 1 << 20) == GapRun(1, 1, 320, 1320)
+    assert ring.read(1, 10, 1 << 20) == GapRun(1, 1, 320, 1320, GapReason.SOURCE)
     after = ring.read(2, 10, 1 << 20)
     assert isinstance(after, AudioRun) and after.sample_pos == 1320
 
@@ -214,3 +214,12 @@ def test_latest_audio_for_level_meters() -> None:
     assert ring.latest_audio() == frame(2, 64)
     ring.ack(3, 484)
     assert ring.latest_audio() == frame(2, 64)  # acked, but still the newest audio
+
+
+def test_wall_time_of_sample_zero_is_stamped_by_the_first_push() -> None:
+    times = iter([1000.0, 2000.0])
+    ring = RingBuffer(MONO16, 320, 1.0, wall_clock=lambda: next(times))
+    assert ring.wall_time is None
+    ring.push(frame(0))  # 320 samples at 16 kHz: captured 20 ms before the push
+    ring.push(frame(1))
+    assert ring.wall_time == 1000.0 - 0.02
