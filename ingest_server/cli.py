@@ -157,14 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"echopanel-ingest: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format)
-    _announce_auth(config)
     _raise_fd_limit()
     _pin_mmap_threshold()
     try:
+        # Takes the data-dir lock first (storage/lock.py): a second server on the same dir
+        # stops here with one line naming the holder's pid.
         app = create_app(config)
     except (StorageError, ConfigError) as e:
         print(f"echopanel-ingest: {e}", file=sys.stderr)
         return 2
+    _announce_auth(config)  # after the start-up errors, so a refusal is the only line
     uv = uvicorn_config(app, config)
     server = _Server(uv, app.state.ingest, config)
     server.run()

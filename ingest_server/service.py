@@ -30,6 +30,7 @@ from .connection import Connection
 from .metrics import Gauges, Metrics
 from .sessions import Registry
 from .storage import Store
+from .storage.lock import DataDirLock
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,17 @@ class IngestService:
     def __init__(self, config: ServerConfig, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.config = config
+        # First, before anything reads or writes a stream: a second server on this data dir
+        # would recover, expire and delete the first one's live streams (storage/lock.py).
+        # DataDirBusy (a StorageError) names the holder's pid.
+        self.lock = DataDirLock(config.data_dir)
+        self.lock.acquire()
         self.store = Store(config.data_dir, fsync=config.fsync)
-        self.store.check_writable()  # StorageError: a clear start-up failure
+        try:
+            self.store.check_writable()  # StorageError: a clear start-up failure
+        except BaseException:
+            self.lock.release()
+            raise
         self.executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ingest-io")
         self.metrics = Metrics()
         self.auth = Authenticator(config.tokens)
@@ -190,6 +200,7 @@ class IngestService:
         await self.registry.close()
         self.committer.close()
         self.executor.shutdown(wait=True)
+        self.lock.release()  # last: every journal is closed
 
 
 async def deny(ws: WebSocket, status: int, detail: str,
