@@ -41,6 +41,20 @@ class ServerError(RuntimeError):
     pass
 
 
+def redacted_command(cmd: Sequence[str]) -> list[str]:
+    """The command line as logged: `--token T` / `--token=T` with the token hidden, so the
+    log beside the data dir holds no credential (tests grep it for every token they used)."""
+    out: list[str] = []
+    for arg in cmd:
+        if out and out[-1] == "--token":
+            out.append("<redacted>")
+        elif arg.startswith("--token="):
+            out.append("--token=<redacted>")
+        else:
+            out.append(arg)
+    return out
+
+
 class IngestServer:
     def __init__(self, data_dir: Path, port: int | None = None, *, args: Sequence[str] = (),
                  env: dict[str, str] | None = None, startup_timeout: float = 30.0) -> None:
@@ -74,7 +88,7 @@ class IngestServer:
                "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
         with open(self.log_path, "a") as log:
-            log.write(f"--- {' '.join(cmd)}\n")
+            log.write(f"--- {' '.join(redacted_command(cmd))}\n")
             log.flush()
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                          cwd=REPO_ROOT, env=env)

@@ -42,6 +42,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IngestServer]:
     args = ["--token", TOKEN_A, "--token-file", str(token_file), "--profile", "development"]
     with IngestServer(d / "data", args=args) as srv:
         yield srv
+    # After every test of this module: no credential any of them used (in a URL, in a
+    # header, right or wrong) appears in anything the server wrote (docs/operations.md).
+    assert_no_credential_logged(srv, ALL_TOKENS)
+
+
+def percent_encoded(text: str) -> str:
+    return "".join(f"%{b:02X}" for b in text.encode())
+
+
+def assert_no_credential_logged(srv: IngestServer, tokens: list[str]) -> None:
+    written = srv.log_path.read_text() + "\n".join(srv.stdout_lines)
+    assert "WebSocket /v1/stream" in written, "the server's request lines were not captured"
+    for token in tokens:
+        for form in (token, percent_encoded(token), token[:-1]):
+            assert form not in written, f"a credential reached the server log: {form[:6]}..."
 
 
 def upgrade_status(url: str, headers: dict[str, str] | None = None,
@@ -67,7 +82,18 @@ REFUSALS: list[tuple[str, str, dict[str, str], int, str]] = [
     ("query-and-header", f"?access_token={TOKEN_A}", bearer(TOKEN_A), 401, "in_url"),
     ("token-as-query-value", f"?session={TOKEN_A}", bearer(TOKEN_A), 401, "in_url"),
     ("almost-right", "", bearer(TOKEN_A[:-1]), 403, "invalid"),
+    ("wrong-token-in-query", f"?token={WRONG}", {}, 401, "in_url"),
+    # A configured token anywhere in the query string, in any shape, with a valid header.
+    ("token-bare-in-query", f"?{TOKEN_A}", bearer(TOKEN_A), 401, "in_url"),
+    ("token-in-semicolon-pairs", f"?a=1;t={TOKEN_A};b=2", bearer(TOKEN_A), 401, "in_url"),
+    ("bearer-token-in-a-value", f"?h=Bearer%20{TOKEN_B}", bearer(TOKEN_A), 401, "in_url"),
+    ("token-percent-encoded", f"?v={percent_encoded(TOKEN_A)}", bearer(TOKEN_A), 401,
+     "in_url"),
+    ("token-encoded-twice", f"?v={percent_encoded(TOKEN_B).replace('%', '%25')}",
+     bearer(TOKEN_A), 401, "in_url"),
+    ("token-inside-a-word", f"?x=abc{TOKEN_A}def", bearer(TOKEN_A), 401, "in_url"),
 ]
+ALL_TOKENS = [TOKEN_A, TOKEN_B, WRONG]
 
 
 @pytest.mark.parametrize(("name", "query", "headers", "status", "reason"), REFUSALS,
