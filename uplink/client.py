@@ -237,6 +237,7 @@ class UplinkClient:
     async def _shutdown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self._timer = self._timer_deadline = None  # a retry's run() arms a fresh one
         ws, self._ws = self._ws, None
         if ws is not None:
             with contextlib.suppress(Exception):

@@ -26,7 +26,7 @@ def test_every_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
     for name in BENCHMARKS:
         assert "error" not in data["results"][name], data["results"][name]
     benchmarks = {row["benchmark"].split()[1] for row in data["table"]}
-    assert benchmarks == {"catch-up", "live", "capacity", "footprint"}
+    assert benchmarks == {"catch-up", "live", "capacity", "footprint", "restart"}
 
     results = data["results"]
     assert results["catchup"]["identical"] is True
@@ -36,6 +36,11 @@ def test_every_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
         assert steps and steps[0]["frames_lost"] == 0 and steps[0]["frames_sent"] > 0
     soak = results["footprint"]["soak"]
     assert soak["identical"] is True and soak["faults"] >= 1
+    model = results["restart"]["model"]["live"]
+    assert model["new"]["recovery_s"]["n"] == 10 and model["new"]["unrecovered"] == 0
+    assert model["new"]["down_for_good"]["times_opened"] >= 1  # the breaker still protects
+    for policy in ("new", "old"):
+        assert results["restart"]["real"][policy]["recovery_s"]["n"] == 1
 
     table = (out / "results.md").read_text()
     assert "| benchmark | metric | ours | baseline | ratio | target | met? |" in table

@@ -140,3 +140,20 @@ def test_retry_after_a_refused_token_delivers_everything(tmp_path: Path) -> None
         with wave.open(str(stored)) as wav:
             pcm = wav.readframes(wav.getnframes())
     assert pcm == b"".join(bytes([i % 256]) * 640 for i in range(60))
+
+
+def test_a_retried_run_keeps_time_again() -> None:
+    """The second run() must arm its own timer (backoff waits), not trust the first run's."""
+    url = f"ws://127.0.0.1:{free_port()}/v1/stream"
+    config = UplinkConfig(budget=RetryBudgetConfig(max_initial_attempts=2))
+
+    async def run() -> None:
+        client = UplinkClient(url, filled_ring(1), "again", config)
+        first = await asyncio.wait_for(client.run(), 30)
+        assert isinstance(first.error, RetryBudgetExhausted)
+        client.retry()
+        second = await asyncio.wait_for(client.run(), 10)  # a lost timer would hang here
+        assert isinstance(second.error, RetryBudgetExhausted)
+        assert "2 attempts" in str(second.error)
+
+    asyncio.run(run())

@@ -34,13 +34,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, get_args
 
-from tools.bench import capacity, catchup, footprint, latency, profiling
+from tools.bench import capacity, catchup, footprint, latency, profiling, restart
 from tools.bench.report import Row, markdown_table, write_results
 from tools.bench.servers import Target
 from tools.bench.stats import cpu_jiffies, machine_activity, machine_facts
 from tools.ingest_process import REPO_ROOT
 
-BENCHMARKS = ("catchup", "latency", "capacity", "footprint")
+BENCHMARKS = ("catchup", "latency", "capacity", "footprint", "restart")
 
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -50,6 +50,7 @@ MODES: dict[str, dict[str, Any]] = {
         "footprint": footprint.FootprintSettings(
             client_seconds=15.0, client_warmup=3.0, client_repeats=3, idle_streams=200,
             idle_repeats=3, soak_seconds=90.0, soak_warmup=20.0),
+        "restart": restart.RestartSettings(),
     },
     "full": {
         "catchup": catchup.CatchupSettings(repeats=10),
@@ -58,6 +59,7 @@ MODES: dict[str, dict[str, Any]] = {
         "footprint": footprint.FootprintSettings(
             client_seconds=60.0, client_warmup=5.0, client_repeats=3, idle_streams=500,
             idle_repeats=3, soak_seconds=600.0, soak_warmup=45.0),
+        "restart": restart.RestartSettings(real_downs=(1.0, 2.0, 3.0, 5.0, 8.0)),
     },
     "smoke": {
         "catchup": catchup.CatchupSettings(backlog_seconds=2.0, repeats=1, warmup=0),
@@ -69,6 +71,7 @@ MODES: dict[str, dict[str, Any]] = {
             client_seconds=0.5, client_warmup=0.2, client_repeats=1, idle_streams=4,
             idle_repeats=1, idle_settle_seconds=0.2, soak_seconds=1.5, soak_fault_interval=1.0,
             soak_warmup=0.5),
+        "restart": restart.RestartSettings(restarts=10, real_downs=(1.0,), profiles=("live",)),
     },
 }
 
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": latency.run,
         "capacity": lambda s, w: capacity.run(s, w, log),
         "footprint": lambda s, w: footprint.run(s, w, log),
+        "restart": restart.run,
     }
     with tempfile.TemporaryDirectory(prefix="echopanel-bench-") as tmp:
         for name in only:
