@@ -12,6 +12,7 @@ Tokens are the exception to the one-flag-per-field rule: `--token` is repeatable
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -57,6 +58,9 @@ class ServerConfig:
     max_stream_seconds: float = 86400.0  # also capped by what one WAV file can hold
     max_message_rate: float = 1000.0  # messages per second per connection, sustained
     message_burst: int = 2000  # ... and in a burst
+    # Gap records one stream may hold: each is kept in memory, in meta.json and in every
+    # details response, so a client sending tiny gaps must not grow them without end.
+    max_gaps: int = 10000
     retention_days: float = 0.0  # 0: keep finalized streams forever
     public_metrics: bool = False  # True: /metrics needs no token
     # False skips os.fsync (benchmarks only): acks then no longer mean durable (§4).
@@ -76,7 +80,7 @@ class ServerConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("max_inflight_frames", "max_connections", "max_connections_per_token",
-                     "max_streams", "message_burst"):
+                     "max_streams", "message_burst", "max_gaps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_message_bytes <= HEADER_SIZE:
@@ -97,36 +101,60 @@ class ServerConfig:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 
 
-_HELP = {
-    "host": "interface to listen on (default 127.0.0.1)",
-    "port": "TCP port; 0 picks a free one (default 8765)",
-    "data_dir": "where streams are stored (default ./data)",
-    "handshake_timeout": "seconds to wait for hello before closing with 4408 (default 10)",
-    "idle_timeout": "seconds of silence before closing with 4408 (default 15)",
-    "session_timeout": "seconds a disconnected stream stays resumable (production 300, "
-    "development 60)",
-    "max_message_bytes": "largest binary message accepted; larger ones close with 1009",
-    "max_inflight_frames": "client window announced in welcome (default 1024)",
-    "max_frame_seconds": "longest frame_samples a hello may announce (default 1.0 s)",
-    "max_connections": "WebSocket connections at once; more get HTTP 503 (default 1024)",
-    "max_connections_per_token": "connections at once per token; more get HTTP 429 "
-    "(default 256)",
-    "max_streams": "open streams (connected or resumable); a new one past it closes with "
-    "1013 (default 1000)",
-    "max_stream_seconds": "longest stream; audio past it closes with 1008 (default 86400)",
-    "max_message_rate": "messages per second per connection, sustained; more close with "
-    "1008 (default 1000)",
-    "message_burst": "messages a connection may send at once above the rate (default 2000)",
-    "retention_days": "delete finalized streams this many days after they ended "
-    "(default 0: never)",
-    "public_metrics": "serve /metrics without a token (default: a token is required)",
-    "fsync": "fsync before acking (default on; off is for benchmarks only)",
-    "sync_mode": "how acked audio is made durable: syncfs (one flush for all streams), "
-    "fsync (one per stream) or auto (default: syncfs on Linux)",
-    "profile": "preset of defaults (default production)",
-    "log_level": "debug, info, warning or error (default info)",
-    "log_format": "text (default) or json (one object per line)",
+# What each flag means and the unit of its value; `--help` appends the default from the
+# dataclass (or the profiles), so the two can never disagree.
+_HELP: dict[str, tuple[str, str]] = {
+    "host": ("interface to listen on", ""),
+    "port": ("TCP port; 0 picks a free one", ""),
+    "data_dir": ("where streams are stored (one server per data dir: DATA/.lock)", ""),
+    "handshake_timeout": ("seconds to wait for hello before closing with 4408", " s"),
+    "idle_timeout": ("seconds of silence before closing with 4408", " s"),
+    "session_timeout": ("seconds a disconnected stream stays resumable", " s"),
+    "max_message_bytes": ("largest binary message accepted; larger ones close with 1009",
+                          " bytes"),
+    "max_inflight_frames": ("client window announced in welcome", " frames"),
+    "max_frame_seconds": ("longest frame_samples a hello may announce", " s"),
+    "max_connections": ("WebSocket connections at once; more get HTTP 503", ""),
+    "max_connections_per_token": ("connections at once per token; more get HTTP 429", ""),
+    "max_streams": ("open streams (connected or resumable); a new one past it closes with "
+                    "1013", ""),
+    "max_stream_seconds": ("longest stream; audio past it closes with 1008", " s"),
+    "max_message_rate": ("messages per second per connection, sustained (control frames "
+                         "and fragments count); more close with 1008", " messages/s"),
+    "message_burst": ("messages a connection may send at once above the rate", " messages"),
+    "max_gaps": ("gap records one stream may hold; a gap past it closes with 1008",
+                 " gaps"),
+    "retention_days": ("delete finalized streams this many days after they ended "
+                       "(0: never)", " days"),
+    "public_metrics": ("serve /metrics without a token", ""),
+    "fsync": ("fsync before acking (off is for benchmarks only)", ""),
+    "sync_mode": ("how acked audio is made durable: syncfs (one flush for all streams), "
+                  "fsync (one per stream) or auto (syncfs on Linux)", ""),
+    "profile": ("preset of defaults", ""),
+    "log_level": ("debug, info, warning or error", ""),
+    "log_format": ("text or json (one object per line)", ""),
 }
+
+
+def _default_text(name: str) -> str:
+    """The default as --help shows it, with its unit; per profile where they differ."""
+    _, unit = _HELP[name]
+    default = getattr(ServerConfig(), name)
+    per_profile = {p: v[name] for p, v in PROFILES.items() if name in v}
+    if per_profile:
+        return ", ".join(f"{p} {v:g}{unit}" for p, v in per_profile.items())
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, float):
+        return f"{default:g}{unit}"
+    if isinstance(default, Path) and not default.is_absolute():
+        return f"./{default}"
+    return f"{default}{unit}"
+
+
+def _help(name: str) -> str:
+    # argparse expands %-formats in help strings.
+    return f"{_HELP[name][0]} (default: {_default_text(name)})".replace("%", "%%")
 
 
 def _parse_bool(text: str) -> bool:
@@ -148,6 +176,13 @@ def _converter(name: str) -> Any:
     return type(sample)
 
 
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("echopanel-uplink")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echopanel-ingest",
@@ -157,26 +192,28 @@ def build_parser() -> argparse.ArgumentParser:
         f"{ENV_PREFIX}TOKEN (comma-separated) and {ENV_PREFIX}TOKEN_FILE, used only when "
         "neither --token nor --token-file is given. See docs/operations.md.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("--token", action="append", default=None, metavar="TOKEN",
-                        help="accept this bearer token (repeatable; at least 16 characters)")
+                        help="accept this bearer token (repeatable; at least 16 characters) "
+                        "(default: none: authentication off)")
     parser.add_argument("--token-file", action="append", default=None, type=Path,
                         metavar="FILE", help="accept every token in FILE (one per line, "
-                        "'#' comments); repeatable")
+                        "'#' comments); repeatable (default: none)")
     for f in fields(ServerConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "tokens":
             continue
         if f.name == "profile":
-            parser.add_argument(flag, choices=sorted(PROFILES), default=None, help=_HELP[f.name])
+            parser.add_argument(flag, choices=sorted(PROFILES), default=None, help=_help(f.name))
         elif f.name == "log_format":
-            parser.add_argument(flag, choices=LOG_FORMATS, default=None, help=_HELP[f.name])
+            parser.add_argument(flag, choices=LOG_FORMATS, default=None, help=_help(f.name))
         elif f.name == "sync_mode":
-            parser.add_argument(flag, choices=SYNC_MODES, default=None, help=_HELP[f.name])
+            parser.add_argument(flag, choices=SYNC_MODES, default=None, help=_help(f.name))
         elif f.name in ("fsync", "public_metrics"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=_HELP[f.name])
+                                help=_help(f.name))
         else:
-            parser.add_argument(flag, type=_converter(f.name), default=None, help=_HELP[f.name],
+            parser.add_argument(flag, type=_converter(f.name), default=None, help=_help(f.name),
                                 metavar=f.name.upper())
     return parser
 

@@ -31,21 +31,24 @@ class ItemRules:
     `min_seq` is the welcome's next_seq: the client was told everything below it is stored
     (§2), so an item wholly below it is not a duplicate but a client going backwards (1002).
     `max_samples` is the stream's length limit (max_stream_seconds, and what one WAV file
-    can hold): audio or a gap past it closes with 1008 (§5).
+    can hold): audio or a gap past it closes with 1008 (§5). `max_gaps` bounds the gap
+    records of the stream (each lives in memory, meta.json and every details response): a
+    gap past it closes with 1008 too.
     """
 
-    __slots__ = ("block_align", "epoch", "frame_samples", "max_message_bytes", "max_samples",
-                 "metrics", "min_seq")
+    __slots__ = ("block_align", "epoch", "frame_samples", "max_gaps", "max_message_bytes",
+                 "max_samples", "metrics", "min_seq")
 
     def __init__(self, *, epoch: int, block_align: int, frame_samples: int,
                  max_message_bytes: int, min_seq: int, max_samples: int,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, max_gaps: int = 10000) -> None:
         self.epoch = epoch
         self.block_align = block_align
         self.frame_samples = frame_samples
         self.max_message_bytes = max_message_bytes
         self.min_seq = min_seq
         self.max_samples = max_samples
+        self.max_gaps = max_gaps
         self.metrics = metrics
 
     @classmethod
@@ -54,7 +57,7 @@ class ItemRules:
         fmt = meta.format
         return cls(epoch=meta.epoch, block_align=fmt.block_align,
                    frame_samples=meta.frame_samples, max_message_bytes=config.max_message_bytes,
-                   min_seq=welcome_seq, metrics=metrics,
+                   min_seq=welcome_seq, metrics=metrics, max_gaps=config.max_gaps,
                    max_samples=min(int(config.max_stream_seconds * fmt.sample_rate),
                                    max_wav_samples(fmt)))
 
@@ -78,6 +81,11 @@ class ItemRules:
             m.frames_received += h.count
         else:
             end_sample = decode_gap_end(data)
+            if end_sample <= h.sample_pos:
+                # A gap stands for lost audio (§3): one that covers no sample says nothing,
+                # and a flood of them would only grow the stream's gap records.
+                raise WireError(f"gap {h.sample_pos}..{end_sample} covers no sample",
+                                CloseCode.PROTOCOL_ERROR)
         if h.epoch != self.epoch:
             raise WireError(f"item epoch {h.epoch}, stream epoch {self.epoch}",
                             CloseCode.PROTOCOL_ERROR)
@@ -123,6 +131,9 @@ class ItemRules:
         if end_sample > self.max_samples:
             raise WireError(f"stream would exceed its maximum length of {self.max_samples} "
                             "samples", CloseCode.POLICY_VIOLATION)
+        if len(journal.gaps) >= self.max_gaps:
+            raise WireError(f"stream already holds {self.max_gaps} gap records, the most "
+                            "allowed", CloseCode.POLICY_VIOLATION)
         journal.append_gap(next_seq, count, next_sample, end_sample)
         m.gaps += 1
         m.journal_bytes_written += RECORD_HEADER_SIZE

@@ -114,3 +114,33 @@ def test_limits_defaults_and_overrides() -> None:
                        "--no-public-metrics"], environ=env)
     assert (cfg.max_streams, cfg.max_connections, cfg.retention_days) == (5, 10, 30.0)
     assert (cfg.public_metrics, cfg.log_format) == (False, "json")
+
+
+def test_version_flag_prints_the_installed_package_version(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as e:
+        load_config(["--version"], environ={})
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == (
+        f"echopanel-ingest {importlib.metadata.version('echopanel-uplink')}")
+
+
+def test_help_shows_every_default_with_its_unit() -> None:
+    from ingest_server.config import build_parser
+
+    parser = build_parser()
+    flags = {a.option_strings[0]: a.help or "" for a in parser._actions
+             if a.option_strings and a.dest not in ("help", "version")}
+    assert {"--" + f.replace("_", "-") for f in ServerConfig.__slots__ if f != "tokens"} <= (
+        set(flags))
+    for flag, text in flags.items():
+        assert "(default: " in text, flag
+    assert "(default: 15 s)" in flags["--idle-timeout"]
+    assert "(default: development 60 s, production 300 s)" in flags["--session-timeout"]
+    assert "(default: 1048576 bytes)" in flags["--max-message-bytes"]
+    assert "(default: 10000 gaps)" in flags["--max-gaps"]
+    assert "(default: on)" in flags["--fsync"] and "(default: ./data)" in flags["--data-dir"]
+    assert "(default: 1000 messages/s)" in flags["--max-message-rate"]
+    parser.format_help()  # every help string survives argparse's %-formatting
