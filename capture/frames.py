@@ -55,6 +55,7 @@ class FrameCutter:
         self._closed = False
         self.samples_written = 0  # sample frames accepted by write()
         self.samples_gapped = 0  # sample frames reported lost by gap()
+        self.gaps = 0  # gap() calls that lost at least one sample (one GAP slot each)
 
     @property
     def pending_samples(self) -> int:
@@ -104,6 +105,7 @@ class FrameCutter:
             return
         self._flush()
         self.samples_gapped += nsamples
+        self.gaps += 1
         self._ring.push_gap(nsamples)
 
     def close(self) -> None:

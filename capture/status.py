@@ -6,7 +6,9 @@
 - `lines` (stderr is not a terminal): one line per state change or event.
 - `quiet`: nothing.
 - `--status-json PATH` (or `-` for stderr) adds machine-readable JSON lines for supervisors:
-  a `status` record every second and one record per state change or event.
+  a `status` record every second, one record per state change or event, and one `exit`
+  record last. Every record carries the stream id and the wall-clock time. With `-` the
+  JSON owns stderr and the CLI sends its human lines to stdout (see capture/cli.py).
 
 All of it runs on the event loop; the level meter reads the newest frame from the ring
 (`RingBuffer.latest_audio`), never from the audio callback.
@@ -19,6 +21,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -57,6 +60,7 @@ def clock_text(seconds: float) -> str:
 class StatusReporter:
     client: UplinkClient
     mode: str  # panel | lines | quiet
+    stream_id: str = ""
     json_out: TextIO | None = None
     err: TextIO | None = None
     refresh_hz: float = 8.0
@@ -72,6 +76,11 @@ class StatusReporter:
         self._console = Console(file=self.err, stderr=self.err is None, highlight=False,
                                 soft_wrap=True)
         self._live: Live | None = None
+        # connection tries counted here, not taken from the core's backoff step (which a
+        # restart grace keeps at 1 and "connecting" reports as 0): `attempt` is the try in
+        # progress or, while reconnecting, the try that comes next; 1 after each connection
+        self._attempt = 0
+        self._next_attempt = 1
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.client.on_state(self.on_state)
@@ -96,15 +105,34 @@ class StatusReporter:
             self._live.update(self._render(), refresh=True)
             self._live.stop()
 
-    def draining(self) -> None:
+    def draining(self, message: str) -> None:
+        """Capture stopped; the uplink drains the ring. `message` says why (and, after a
+        Ctrl-C only, how to quit at once)."""
         self._phase = "draining"
-        self.event("capture stopped: delivering what is buffered (Ctrl-C again to quit at once)")
+        self.event(message)
+
+    def finished(self, exit_status: int, **fields: Any) -> None:
+        """The last JSON record: the exit status and what the final summary says."""
+        self._emit_json("exit", exit_status=exit_status, **fields)
 
     # -- events (any thread) --------------------------------------------------------------
 
     def on_state(self, state: ConnectionState) -> None:
-        self._say(state.describe(time.monotonic()), style=_STATE_STYLE.get(state.name, ""))
-        self._emit_json("state", state=state.name, attempt=state.attempt, reason=state.reason)
+        if state.name in ("connecting", "reconnecting"):
+            self._attempt = self._next_attempt
+            if state.name == "connecting":
+                self._next_attempt += 1
+        elif state.name == "connected":
+            self._next_attempt = 1
+        self._say(self._describe(state), style=_STATE_STYLE.get(state.name, ""))
+        self._emit_json("state", state=state.name, attempt=self._attempt, reason=state.reason)
+
+    def _describe(self, state: ConnectionState) -> str:
+        if state.name == "reconnecting" and state.retry_at is not None:
+            wait = max(0.0, state.retry_at - time.monotonic())
+            return (f"reconnecting (attempt {self._attempt}, next try in {wait:.1f} s): "
+                    f"{state.reason}")
+        return state.describe(time.monotonic())
 
     def event(self, message: str) -> None:
         """A note from another thread (e.g. the microphone monitor): marshal to the loop."""
@@ -159,7 +187,7 @@ class StatusReporter:
         return {
             "state": stats.state.name,
             "phase": self._phase,
-            "attempt": stats.state.attempt,
+            "attempt": self._attempt,
             "retry_in": retry_in,
             "reason": stats.state.reason,
             "level_dbfs": round(self._level.peak_dbfs, 1),
@@ -192,7 +220,12 @@ class StatusReporter:
     def _emit_json(self, kind: str, **fields: Any) -> None:
         if self.json_out is None:
             return
-        record = {"t": round(time.monotonic() - self._started, 3), "type": kind}
+        record = {
+            "t": round(time.monotonic() - self._started, 3),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "stream_id": self.stream_id,
+            "type": kind,
+        }
         record.update(fields if kind != "status" else self.snapshot())
         self.json_out.write(json.dumps(record) + "\n")
         self.json_out.flush()

@@ -6,6 +6,13 @@ file. Gaps reported by the source (device loss, measured overflows) are written 
 exactly as the server stores them, so the tee and the server's WAV line up sample for
 sample — except where the ring itself dropped audio during a long outage: the tee has that
 audio, the server has the reported gap.
+
+Crash safety: the header is written with a zero length at open and then, at most
+`header_interval` seconds apart, the writer thread patches it to cover everything written so
+far and flushes the file to disk (`fdatasync`). So a capture that is SIGKILLed (or a machine
+that loses power) leaves a valid WAV that every reader (libsndfile, Python's `wave`) opens,
+short by at most about one interval of audio; a clean close patches the exact final length.
+All of it happens in the writer thread, never on the audio path.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from capture.source import FrameSink
@@ -21,15 +30,28 @@ from uplink.audio import AudioFormat
 
 _END = None
 _ZEROS = bytes(64 * 1024)
+HEADER_INTERVAL = 1.0  # seconds of wall time between header patches (the crash-loss bound)
 
 
 class TeeSink:
-    def __init__(self, inner: FrameSink, path: str | os.PathLike[str], fmt: AudioFormat) -> None:
+    def __init__(
+        self,
+        inner: FrameSink,
+        path: str | os.PathLike[str],
+        fmt: AudioFormat,
+        *,
+        header_interval: float = HEADER_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.inner = inner
         self.path = Path(path)
         self.format = fmt
         self.error: BaseException | None = None
         self.bytes_written = 0
+        #: sample frames the on-disk header covers (what a reader sees after a crash)
+        self.frames_in_header = 0
+        self.header_interval = header_interval
+        self._clock = clock
         self._queue: queue.SimpleQueue[bytes | int | None] = queue.SimpleQueue()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.write(self._fd, wav_header(fmt, 0))
@@ -61,31 +83,56 @@ class TeeSink:
 
     def _writer(self) -> None:
         # keep draining the queue after a write error, so the audio path never backs up
-        while (item := self._queue.get()) is not _END:
-            if self.error is not None:
-                continue
+        next_patch = self._clock() + self.header_interval
+        while True:
             try:
-                if isinstance(item, int):
-                    remaining = item * self.format.block_align
-                    while remaining:
-                        chunk = _ZEROS[: min(remaining, len(_ZEROS))]
-                        self._write_all(chunk)
-                        remaining -= len(chunk)
-                else:
-                    self._write_all(item)
-            except OSError as e:
-                self.error = e
+                # wake at least once per interval, so a paused source still gets its header
+                item = self._queue.get(timeout=max(0.0, next_patch - self._clock()))
+            except queue.Empty:
+                item = b""
+            if item is _END:
+                break
+            if self.error is None:
+                try:
+                    self._append(item)
+                    if self._clock() >= next_patch:
+                        self._patch_header()
+                        next_patch = self._clock() + self.header_interval
+                except OSError as e:
+                    self.error = e
         try:
             if self.error is None:
-                frames = self.bytes_written // self.format.block_align
                 if self.bytes_written % 2:
                     os.write(self._fd, b"\x00")  # RIFF pad byte
-                os.pwrite(self._fd, wav_header(self.format, frames), 0)
-                os.fsync(self._fd)
+                self._patch_header(final=True)
         except OSError as e:
             self.error = e
         finally:
             os.close(self._fd)
+
+    def _append(self, item: bytes | int) -> None:
+        if isinstance(item, int):
+            remaining = item * self.format.block_align
+            while remaining:
+                chunk = _ZEROS[: min(remaining, len(_ZEROS))]
+                self._write_all(chunk)
+                remaining -= len(chunk)
+        elif item:
+            self._write_all(item)
+
+    def _patch_header(self, *, final: bool = False) -> None:
+        """Make the header cover every whole sample frame written so far.
+
+        The data is flushed first, then the header: after a crash the header never claims
+        bytes that did not reach the disk (a reader would see garbage or a short read).
+        """
+        frames = self.bytes_written // self.format.block_align
+        if frames == self.frames_in_header and not final:
+            return  # nothing new: an idle tee costs no disk flushes
+        _datasync(self._fd)
+        os.pwrite(self._fd, wav_header(self.format, frames), 0)
+        _datasync(self._fd)
+        self.frames_in_header = frames
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -93,3 +140,8 @@ class TeeSink:
             n = os.write(self._fd, view)
             view = view[n:]
         self.bytes_written += len(data)
+
+
+def _datasync(fd: int) -> None:
+    # fdatasync where the platform has it (Linux); macOS only has fsync
+    getattr(os, "fdatasync", os.fsync)(fd)

@@ -36,6 +36,8 @@ class WavFileSource(Source):
 
     speed: 1.0 = real time, 2.0 = twice as fast, 0 = as fast as the sink accepts (use a ring
     with OverflowPolicy.BLOCK, or frames are dropped).
+    max_samples: stop after this many sample frames (`--duration` counts audio, not wall
+    time, so `--speed 0 --duration 5` sends exactly 5 s of the file); None = the whole file.
     clock/sleep: injectable for tests; the default sleep is interruptible by stop().
     """
 
@@ -45,6 +47,7 @@ class WavFileSource(Source):
         speed: float = 1.0,
         *,
         block_seconds: float = 0.1,
+        max_samples: int | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep | None = None,
     ) -> None:
@@ -63,7 +66,10 @@ class WavFileSource(Source):
         self.description = (
             f"file {self.path.name} ({self.format}, {self.info.duration_seconds:.1f} s)"
         )
+        if max_samples is not None and max_samples < 0:
+            raise ValueError(f"max_samples must be >= 0, got {max_samples!r}")
         self.speed = speed
+        self.max_samples = max_samples
         self.block_samples = max(1, round(block_seconds * self.format.sample_rate))
         self.samples_emitted = 0
         self._clock = clock
@@ -120,6 +126,8 @@ class WavFileSource(Source):
         rate = self.format.sample_rate
         buf = memoryview(bytearray(self.block_samples * align))
         remaining = self.info.data_bytes
+        if self.max_samples is not None:
+            remaining = min(remaining, self.max_samples * align)
         with open(self.path, "rb") as f:
             f.seek(self.info.data_offset)
             start = self._clock()

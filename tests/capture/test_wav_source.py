@@ -292,3 +292,27 @@ def test_lifecycle_edges(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="already started"):
         source.start(sink)
     assert source.wait(0) is True
+
+
+@pytest.mark.parametrize("speed", [0.0, 1.0])
+def test_max_samples_stops_after_that_much_audio_at_any_speed(tmp_path: Path, speed: float) -> None:
+    """`--duration` for a file: audio seconds, so `--speed 0` sends exactly that much."""
+    clock = FakeClock()
+    path = _mono_8k(tmp_path, 8500)
+    source = WavFileSource(path, speed=speed, clock=clock, sleep=clock.sleep, max_samples=1234)
+    sink = RecordingSink(clock)
+    _run(source, sink)
+    assert bytes(sink.data) == read_wav(path)[1][: 1234 * 2]
+    assert source.samples_emitted == 1234
+    assert source.error is None
+
+
+def test_max_samples_beyond_the_file_sends_the_file(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = _mono_8k(tmp_path, 800)
+    source = WavFileSource(path, speed=0, clock=clock, sleep=clock.sleep, max_samples=10**9)
+    sink = RecordingSink(clock)
+    _run(source, sink)
+    assert bytes(sink.data) == read_wav(path)[1]
+    with pytest.raises(ValueError, match="max_samples"):
+        WavFileSource(path, max_samples=-1)
