@@ -131,13 +131,17 @@ def test_device_that_disappears_is_reopened_and_the_gap_recorded(mic: VirtualMic
         back = cap.wait_for(r"back after .* recorded a gap of (\d+) samples", timeout=20)
         cap.interrupt()
         code, _ = cap.finish()
-        assert code == 0, "\n".join(cap.lines)
+        # delivered, but the time the device was away is audio lost: exit 4 and one line
+        assert code == 4, "\n".join(cap.lines)
+        lost = cap.wait_for(r"audio was lost: .* 1 gaps \(.* s\) reported by the source", timeout=1)
         info = details(server, "mic-loss")
         stored = stored_wav(server, "mic-loss")
     gaps = info["gaps"]
     assert isinstance(gaps, list) and len(gaps) == 1
     reported = int(re.search(r"gap of (\d+) samples", back).group(1))  # type: ignore[union-attr]
     assert gaps[0]["end_sample"] - gaps[0]["start_sample"] == reported > 0
+    lost_seconds = float(re.search(r"1 gaps \(([\d.]+) s\)", lost).group(1))  # type: ignore[union-attr]
+    assert lost_seconds == round(reported / 16_000, 2)
     stored_path = tmp_path / "stored.wav"
     stored_path.write_bytes(stored)
     assert read_wav(stored_path)[1] == read_wav(tee)[1]  # gaps are silence in both
