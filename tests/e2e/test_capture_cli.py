@@ -137,6 +137,28 @@ def test_a_file_at_speed_never_drops_through_a_server_crash(tmp_path: Path) -> N
     exit_record = cap.records[-1]
     assert exit_record["type"] == "exit" and exit_record["exit_status"] == 0
     assert exit_record["frames_dropped"] == 0 and exit_record["seconds_lost"] == 0
+    assert_attempts_are_consistent(cap.records)
+
+
+def assert_attempts_are_consistent(records: list[Record]) -> None:
+    """`attempt` is the connection try in progress (or, reconnecting, the next one): a
+    `reconnecting` announces try N, `connecting` starts it, `connected` or the next
+    `reconnecting` (N + 1) ends it; a connection resets the count to 1."""
+    states = [(r["state"], r["attempt"]) for r in records if r["type"] == "state"]
+    assert states[0] == ("connecting", 1)
+    expected_next = 1
+    for (name, attempt), (prev_name, prev_attempt) in zip(states[1:], states, strict=False):
+        if name == "connecting":
+            assert attempt == expected_next, states
+            expected_next = attempt + 1
+        elif name == "connected":
+            assert prev_name == "connecting" and attempt == prev_attempt, states
+            expected_next = 1
+        elif name == "reconnecting":
+            assert attempt == expected_next, states
+    assert any(name == "reconnecting" for name, _ in states)
+    status_attempts = {r["attempt"] for r in records if r["type"] == "status"}
+    assert status_attempts <= {a for _, a in states}
 
 
 def test_a_run_that_dropped_audio_exits_4_and_says_what_was_lost(tmp_path: Path) -> None:
