@@ -211,10 +211,17 @@ class Loss:
     ring_samples: int
     source_gaps: int  # gaps the source reported (microphone overflow, device loss)
     source_samples: int
+    #: input overflows whose length the device timestamps could not tell: audio was lost,
+    #: but the stream has no gap for it (capture/microphone.py `_on_status`)
+    unmeasured_overflows: int = 0
 
     @property
     def samples(self) -> int:
         return self.ring_samples + self.source_samples
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.samples or self.unmeasured_overflows)
 
     def describe(self, rate: int) -> str:
         parts = []
@@ -224,8 +231,13 @@ class Loss:
         if self.source_gaps:
             parts.append(f"{self.source_gaps} gaps ({self.source_samples / rate:.2f} s) "
                          "reported by the source")
-        return (f"audio was lost: {self.samples / rate:.2f} s in all — " + "; ".join(parts)
-                + " (stored as silence, listed as gaps by the server)")
+        if self.unmeasured_overflows:
+            parts.append(f"{self.unmeasured_overflows} input overflows of unknown length "
+                         "(not in the stored timeline)")
+        head = f"audio was lost: {self.samples / rate:.2f} s in all" if self.samples else (
+            "audio was lost")
+        tail = " (gaps are stored as silence and listed by the server)" if self.samples else ""
+        return f"{head} — " + "; ".join(parts) + tail
 
 
 async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
@@ -322,13 +334,21 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
         if not result.ok:
             kept = await asyncio.to_thread(keep_undelivered, ring, args, stream_id, source)
         loss = Loss(result.stats.ring.frames_dropped, result.stats.ring.samples_dropped,
-                    cutter.gaps, cutter.samples_gapped)
+                    cutter.gaps, cutter.samples_gapped, unmeasured_overflows(source))
         status = report(result, source, loss, kept, interrupts, args.quiet, human)
         reporter.finished(int(status), **summary_fields(result, loss, kept, fmt.sample_rate))
         return status
     finally:
         if json_out is not None and json_out is not sys.stderr:
             json_out.close()
+
+
+def unmeasured_overflows(source: Source) -> int:
+    stats = getattr(source, "stats", None)  # only the microphone has these counters
+    if stats is None:
+        return 0
+    snapshot = stats()
+    return max(0, int(snapshot.overflows) - int(snapshot.overflow_gaps))
 
 
 def keep_undelivered(ring: RingBuffer, args: argparse.Namespace, stream_id: str,
@@ -374,6 +394,7 @@ def summary_fields(result: UplinkResult, loss: Loss, kept: UndeliveredAudio | OS
         "frames_dropped": loss.ring_frames,
         "seconds_lost": round(loss.samples / rate, 3),
         "source_gaps": loss.source_gaps,
+        "unmeasured_overflows": loss.unmeasured_overflows,
         "undelivered_seconds": round(result.stats.ring.buffered_seconds, 3),
     }
     if isinstance(kept, UndeliveredAudio):
@@ -407,7 +428,7 @@ def report(result: UplinkResult, source: Source, loss: Loss,
                 file=out,
             )
         status = ExitStatus.OK
-        if loss.samples:
+        if loss.anything:
             print(f"{PROG}: warning: {loss.describe(rate)}", file=out)
             status = ExitStatus.AUDIO_LOST
         if source.error is not None:
