@@ -39,6 +39,7 @@ from .items import ItemRules
 from .metrics import Metrics
 from .sessions import Refusal, Registry
 from .stream import Stream
+from .wsprotocol import LOCAL_CLOSE, MessageBudget, abort_callback, connection_extension
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,14 @@ class Connection:
         self._close_code: int | None = None  # what ended the connection (ours or the peer's)
         self._handshaking = True
         self._last_rx = self._loop.time()
-        self._tokens = float(config.message_burst)  # §5 rate limit: a token bucket
+        # §5 rate limit. Shared with our WebSocket protocol (wsprotocol.py), which takes one
+        # per control or continuation frame: a ping or fragment flood meets the same limit.
+        ext = connection_extension(ws.scope)
+        budget = ext.get("budget") if ext else None
+        self._budget = budget if isinstance(budget, MessageBudget) else MessageBudget(
+            now=self._last_rx)
+        self._budget.configure(config.max_message_rate, config.message_burst)
+        self._drop_transport = abort_callback(ws.scope)
         self._timer: asyncio.TimerHandle | None = None
         self._flusher: Flusher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,6 +166,8 @@ class Connection:
         expiry or shutdown), and nothing was acked that was not durable."""
         log.warning("%r: %s; dropping the connection", self, why, extra=self._ctx())
         self._aborted = self._stop = True
+        if self._drop_transport is not None:
+            self._drop_transport()  # free the socket and what it could not send, now
         if self._flusher is not None:
             self._flusher.cancel()
         if self._task is not None and self._task is not asyncio.current_task():
@@ -209,10 +219,10 @@ class Connection:
 
     async def _serve(self) -> None:
         msg = await self.ws.receive()
-        if self._stop:
-            return
         if msg["type"] == "websocket.disconnect":
             self._peer_closed(msg)
+            return
+        if self._stop:
             return
         self.metrics.messages_received += 1
         hello = parse_hello(msg)
@@ -242,22 +252,19 @@ class Connection:
 
     async def _receive_loop(self, stream: Stream, rules: ItemRules) -> None:
         receive, clock, metrics = self.ws.receive, self._loop.time, self.metrics
-        rate, burst = self.config.max_message_rate, float(self.config.message_burst)
+        take = self._budget.take
         while True:
             msg = await receive()
-            if self._stop:
+            if msg["type"] == "websocket.disconnect":  # first: a close is recorded even
+                self._peer_closed(msg)  # when a failed send already stopped us
                 return
-            if msg["type"] == "websocket.disconnect":
-                self._peer_closed(msg)
+            if self._stop:
                 return
             now = clock()
             metrics.messages_received += 1
-            tokens = self._tokens + (now - self._last_rx) * rate
-            if tokens > burst:
-                tokens = burst
-            if tokens < 1.0:  # §5: a flood of (tiny) messages
-                raise Refusal(CloseCode.POLICY_VIOLATION, f"more than {rate:g} messages/s")
-            self._tokens = tokens - 1.0
+            if not take(now):  # §5: a flood of (tiny) messages
+                raise Refusal(CloseCode.POLICY_VIOLATION,
+                              f"more than {self.config.max_message_rate:g} messages/s")
             self._last_rx = now
             data = msg.get("bytes")
             if data is not None:
@@ -312,7 +319,8 @@ class Connection:
         code = msg.get("code")
         if self._close_code is None:
             self._close_code = code if isinstance(code, int) else 1005
-            if code in TRANSPORT_CLOSES:  # the WebSocket layer refused a frame (size, UTF-8)
+            # The WebSocket layer refused a frame (size, UTF-8) or a frame flood (1008).
+            if code in TRANSPORT_CLOSES or msg.get(LOCAL_CLOSE):
                 log.info("%r closed by the WebSocket layer with %d: %s", self, code,
                          msg.get("reason") or "", extra=self._ctx(code=code))
 

@@ -144,6 +144,7 @@ class StalledSocket:
     client = None
 
     def __init__(self) -> None:
+        self.scope: dict[str, Any] = {}  # no protocol extension: the connection's own limit
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.sent: list[str] = []
         self.stalled = asyncio.Event()
