@@ -289,12 +289,12 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
     interrupts = 0
     stopping = False
 
-    def stop_capture(why: str) -> None:
+    def stop_capture(message: str) -> None:
         nonlocal stopping
         if stopping:
             return
         stopping = True
-        reporter.draining(why)
+        reporter.draining(message)
         # stopping a microphone joins its monitor thread: keep the event loop free
         loop.run_in_executor(None, source.stop)
 
