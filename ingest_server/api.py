@@ -13,6 +13,8 @@ A WAV body is produced by a sync iterator, which Starlette runs in its thread po
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -24,7 +26,7 @@ from pydantic import BaseModel
 from .auth import Denial
 from .metrics import CONTENT_TYPE
 from .service import IngestService
-from .storage import is_valid_stream_id
+from .storage import JournalWav, is_valid_stream_id
 from .stream import Stream
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
@@ -206,16 +208,24 @@ async def get_stream(stream_id: str, request: Request) -> StreamDetail:
     })
 
 
-@router.get(
-    "/v1/streams/{stream_id}/audio.wav",
+AUDIO_ROUTE: dict[str, Any] = dict(
+    path="/v1/streams/{stream_id}/audio.wav",
     response_class=Response,
     responses={
         200: {"content": {"audio/wav": {}},
               "description": "Finalized: the stored file. Open: what is durable so far. "
-                             "Gaps are silence."},
+                             "Gaps are silence. HEAD: the same headers, no body."},
+        206: {"content": {"audio/wav": {}},
+              "description": "The single byte range asked for with `Range: bytes=...` "
+                             "(finalized and open streams)"},
+        416: {"description": "The range starts past the end of the audio"},
         **NOT_FOUND,
     },
 )
+
+
+@router.head(**AUDIO_ROUTE)  # its own route: one operation id per method in the API spec
+@router.get(**AUDIO_ROUTE)
 async def get_audio(stream_id: str, request: Request) -> Response:
     service = _service(request)
     stream = _lookup(service, stream_id)
@@ -226,9 +236,84 @@ async def get_audio(stream_id: str, request: Request) -> Response:
         except FileNotFoundError:
             pass  # finalized (journal removed) between the check and the open: serve the file
         else:
-            headers["Content-Length"] = str(wav.size)
-            return StreamingResponse(iter(wav), media_type="audio/wav", headers=headers)
+            return _journal_wav_response(wav, request, headers)
     path = service.store.wav_path(stream_id)
     if not stream.finalized or not path.exists():
         raise HTTPException(404, f"stream {stream_id!r} has no audio yet")
+    # Starlette answers Range (206 / 416), If-Range and HEAD for a file itself.
     return FileResponse(path, media_type="audio/wav", headers=headers)
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def requested_range(request: Request, size: int) -> tuple[int, int] | None:
+    """The one byte range [start, end) asked for, or None for the whole body.
+
+    RFC 9110 §14.2: a server may ignore Range, so several ranges, a malformed header and
+    any If-Range (an open stream's bytes have no validator: its header grows with it) get
+    the whole body. A range starting at or past the end raises 416.
+    """
+    header = request.headers.get("range")
+    if header is None or "if-range" in request.headers:
+        return None
+    m = _RANGE.fullmatch(header.strip())
+    if m is None or (not m[1] and not m[2]):
+        return None
+    if not m[1]:  # bytes=-N: the last N bytes
+        suffix = int(m[2])
+        if suffix == 0:
+            raise _unsatisfiable(size)
+        return max(size - suffix, 0), size
+    start = int(m[1])
+    end = size if not m[2] else min(int(m[2]) + 1, size)
+    if start >= size or end <= start:
+        raise _unsatisfiable(size)
+    return start, end
+
+
+def _unsatisfiable(size: int) -> HTTPException:
+    return HTTPException(416, "range not satisfiable",
+                         headers={"Content-Range": f"bytes */{size}"})
+
+
+def _journal_wav_response(wav: JournalWav, request: Request,
+                          headers: dict[str, str]) -> Response:
+    """An open stream's WAV (what is durable so far), whole, as one range, or as HEAD."""
+    headers["Accept-Ranges"] = "bytes"
+    try:
+        byte_range = requested_range(request, wav.size)
+    except HTTPException:
+        wav.close()
+        raise
+    status, (start, end) = 200, (0, wav.size)
+    if byte_range is not None:
+        status, (start, end) = 206, byte_range
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{wav.size}"
+    headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":
+        wav.close()
+        return Response(status_code=status, media_type="audio/wav", headers=headers)
+    body = iter(wav) if byte_range is None else _slice(wav, start, end)
+    return StreamingResponse(body, status_code=status, media_type="audio/wav",
+                             headers=headers)
+
+
+def _slice(wav: JournalWav, start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of the WAV. The journal is read from its start up to `end` (its
+    records have no index by byte offset), so a range costs reading what precedes it."""
+    chunks = iter(wav)
+    pos = 0
+    try:
+        for chunk in chunks:
+            n = len(chunk)
+            if pos + n > start:
+                yield chunk[max(start - pos, 0):min(end - pos, n)]
+            pos += n
+            if pos >= end:
+                break
+    finally:
+        close = getattr(chunks, "close", None)  # a generator: runs JournalWav's cleanup
+        if close is not None:
+            close()
+        wav.close()
