@@ -21,10 +21,8 @@ import argparse
 import asyncio
 import contextlib
 import os
-import secrets
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -32,7 +30,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from capture.frames import FrameCutter
 from capture.source import FrameSink, Source, SourceError
 from capture.status import StatusReporter
 from capture.tee import TeeSink
@@ -43,8 +40,9 @@ from capture.undelivered import (
     write_undelivered,
 )
 from uplink.audio import SampleType
-from uplink.client import UplinkClient, UplinkResult, endpoint_url
+from uplink.client import UplinkResult, endpoint_url
 from uplink.config import PROFILES, UplinkConfig, build_config, flat_option_names
+from uplink.embed import AsyncUplink, new_stream_id
 from uplink.ring import OverflowPolicy, RingBuffer
 from uplink.wire import STREAM_ID_PATTERN, is_valid_stream_id, validate_labels
 
@@ -137,10 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in flat_option_names():
         tuning.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar="VALUE")
     return p
-
-
-def make_stream_id() -> str:
-    return time.strftime("capture-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def list_devices() -> int:
@@ -258,10 +252,13 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
     source = open_source(args, frame_samples_for, on_event)
     fmt = source.format
     policy = overflow_policy(args)
-    ring = RingBuffer(fmt, frame_samples_for(fmt.sample_rate), config.buffer_seconds, policy)
-    stream_id = args.stream_id or make_stream_id()
-    client = UplinkClient(args.server, ring, stream_id, config, token=args.token,
-                          cafile=args.cafile, labels=dict(args.label) or None)
+    stream_id = args.stream_id or new_stream_id()
+    # the embedding API is the capture's own path: one ring, cutter and client (docs/embedding.md)
+    uplink = AsyncUplink(args.server, stream_id=stream_id, rate=fmt.sample_rate,
+                         channels=fmt.channels, dtype=fmt.sample_type, token=args.token,
+                         config=config, overflow=policy, cafile=args.cafile,
+                         labels=dict(args.label) or None)
+    ring, client, cutter = uplink.ring, uplink.client, uplink.sink
 
     json_out: TextIO | None = None
     if args.status_json:
@@ -272,7 +269,6 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
     reporter = StatusReporter(client, mode, stream_id=stream_id, json_out=json_out, err=human,
                               source_stats=getattr(source, "stats", None))
 
-    cutter = FrameCutter(ring)
     sink: FrameSink = cutter
     tee = TeeSink(sink, args.tee, fmt) if args.tee else None
     source.start(tee or sink)  # opens the device: errors surface here, before anything runs
@@ -318,7 +314,7 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
         timer = loop.call_later(args.duration, stop_capture,
                                 "capture stopped after --duration: delivering what is buffered")
     try:
-        result = await client.run()
+        result = await uplink.run()
     finally:
         if timer is not None:
             timer.cancel()

@@ -14,7 +14,7 @@ from uplink.audio import AudioFormat
 
 
 class FrameSink(Protocol):
-    """Where sources deliver audio. Implemented by capture.frames.FrameCutter."""
+    """Where sources deliver audio. Implemented by uplink.frames.FrameCutter."""
 
     def write(self, block: bytes | bytearray | memoryview) -> None:
         """Whole sample frames, any length."""

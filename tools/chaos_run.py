@@ -21,13 +21,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from capture.frames import FrameCutter
 from capture.wav_source import WavFileSource, bundled_recording
 from capture.wavfile import read_wav, write_wav
 from tools.chaos_proxy import ChaosProxyThread, ChaosSchedule
 from tools.ingest_process import IngestServer
 from uplink.client import UplinkClient
 from uplink.config import UplinkConfig
+from uplink.frames import FrameCutter
 from uplink.policy import BackoffConfig, BreakerConfig, RetryBudgetConfig
 from uplink.ring import OverflowPolicy, RingBuffer
 

@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from capture.frames import FrameCutter
 from uplink import wire
 from uplink.audio import AudioFormat, SampleType
 from uplink.client import UplinkClient, UplinkResult, UplinkStats
 from uplink.config import UplinkConfig, build_config
 from uplink.core import ConnectionState
 from uplink.errors import FatalError
+from uplink.frames import FrameCutter
 from uplink.ring import OverflowPolicy, RingBuffer, RingClosed
 
 Block = np.ndarray[Any, Any] | bytes | bytearray | memoryview
@@ -229,6 +229,25 @@ class AsyncUplink:
     def client(self) -> UplinkClient:
         """The underlying client (for its hooks and stats); do not run it yourself."""
         return self._p.client
+
+    @property
+    def ring(self) -> RingBuffer:
+        """The bounded buffer between push() and the network (read-only use)."""
+        return self._p.ring
+
+    @property
+    def sink(self) -> FrameCutter:
+        """A FrameSink (write / gap / close) for capture sources: the same path as push(),
+        without the format checks. One producer at a time; close() ends the input."""
+        return self._p.cutter
+
+    async def run(self) -> UplinkResult:
+        """Start if needed and wait until the stream is done or failed; never raises for a
+        failed stream (the result says why). For supervisors like the capture CLI, which
+        end the input through `sink.close()` themselves."""
+        self.start()
+        assert self._run is not None
+        return await asyncio.shield(self._run)
 
     def start(self) -> None:
         """Start connecting (push() and `async with` start it too). Idempotent."""

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture.frames import FrameCutter
 from uplink.audio import AudioFormat, SampleType
+from uplink.frames import FrameCutter
 from uplink.ring import AudioRun, OverflowPolicy, RingBuffer, RingClosed
 
 # ("audio", sample_pos, payload) or ("gap", sample_pos, end_sample)

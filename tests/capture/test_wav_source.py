@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from capture.frames import FrameCutter
 from capture.source import SourceError
 from capture.wav_source import WavFileSource, bundled_recording
 from capture.wavfile import read_wav, read_wav_info
 from tests.capture.wavgen import chunk, make_samples, raw_bytes, riff, split_chunks
 from uplink.audio import AudioFormat, SampleType
+from uplink.frames import FrameCutter
 from uplink.ring import AudioRun, OverflowPolicy, RingBuffer
 
 # -- the bundled recording ---------------------------------------------------------------------

@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from capture.frames import FrameCutter
 from capture.wav_source import WavFileSource
 from capture.wavfile import read_wav
 from tools.chaos_proxy import ChaosProxyThread
@@ -22,6 +21,7 @@ from tools.chaos_run import make_recording
 from tools.ingest_process import IngestServer
 from uplink.client import UplinkClient
 from uplink.config import UplinkConfig
+from uplink.frames import FrameCutter
 from uplink.policy import BackoffConfig, BreakerConfig, RetryBudgetConfig
 from uplink.ring import OverflowPolicy, RingBuffer
 

@@ -14,7 +14,6 @@ import pytest
 import websockets
 from websockets.asyncio.server import serve
 
-from capture.frames import FrameCutter
 from capture.wav_source import WavFileSource
 from capture.wavfile import read_wav
 from tools.chaos_run import CHAOS_CONFIG, make_recording, run_scenario
@@ -22,6 +21,7 @@ from tools.ingest_process import IngestServer
 from uplink.client import UplinkClient
 from uplink.config import UplinkConfig
 from uplink.errors import HandshakeRefused
+from uplink.frames import FrameCutter
 from uplink.policy import BackoffConfig, BreakerConfig, RetryBudgetConfig
 from uplink.ring import OverflowPolicy, RingBuffer
 

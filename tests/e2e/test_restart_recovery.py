@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from capture.frames import FrameCutter
 from capture.wav_source import WavFileSource
 from capture.wavfile import read_wav
 from tests.e2e.conftest import stored_equals_source
@@ -19,6 +18,7 @@ from tools.chaos_run import make_recording
 from tools.ingest_process import IngestServer
 from uplink.client import UplinkClient
 from uplink.config import PROFILES
+from uplink.frames import FrameCutter
 from uplink.ring import OverflowPolicy, RingBuffer
 
 

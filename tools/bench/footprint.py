@@ -32,7 +32,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal
 
-from capture.frames import FrameCutter
 from tools.bench.baseline import ITEM, MAX_MESSAGE_BYTES
 from tools.bench.common import (
     FRAME_PERIOD,
@@ -51,6 +50,7 @@ from tools.bench.stats import rss_bytes, summarize
 from tools.chaos_proxy import ChaosProxyThread, ChaosSchedule
 from uplink.audio import AudioFormat
 from uplink.client import UplinkClient
+from uplink.frames import FrameCutter
 from uplink.ring import OverflowPolicy, RingBuffer
 
 TARGET_CPU = 0.03  # share of one core
