@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -125,8 +125,14 @@ class _Pipeline:
         if not wire.is_valid_stream_id(self.stream_id):
             raise ValueError(f"stream id {self.stream_id!r} must match {wire.STREAM_ID_PATTERN}")
         overrides = {} if buffer_seconds is None else {"buffer_seconds": buffer_seconds}
-        # explicit arguments only: an embedded uplink does not read ECHOPANEL_UPLINK_* variables
-        self.config = config or build_config(profile, overrides, environ={})
+        if config is None:
+            # explicit arguments only: an embedded uplink reads no ECHOPANEL_UPLINK_* variable
+            config = build_config(profile, overrides, environ={})
+        elif buffer_seconds is not None:
+            if not buffer_seconds > 0:
+                raise ValueError(f"buffer_seconds must be greater than 0 (got {buffer_seconds})")
+            config = replace(config, buffer_seconds=buffer_seconds)
+        self.config = config
         self.policy = OverflowPolicy(overflow)
         frame_samples = max(1, round(rate * self.config.frame_ms / 1000))
         self.ring = RingBuffer(self.format, frame_samples, self.config.buffer_seconds, self.policy)

@@ -20,7 +20,7 @@ from capture.wavfile import read_wav
 from tools.chaos_proxy import ChaosProxyThread, ChaosSchedule
 from tools.chaos_run import make_recording
 from tools.ingest_process import IngestServer
-from uplink import AsyncUplink, Summary, Uplink, UplinkClosed
+from uplink import AsyncUplink, Summary, Uplink, UplinkClosed, UplinkFailed
 from uplink.config import UplinkConfig
 from uplink.policy import BackoffConfig, BreakerConfig, RetryBudgetConfig
 
@@ -189,3 +189,56 @@ def test_importing_the_api_needs_no_portaudio() -> None:
 def ingest(tmp_path: Path) -> Iterator[IngestServer]:
     with IngestServer(tmp_path / "data") as srv:
         yield srv
+
+
+TOKEN = "embedding-test-token-0123456789"
+
+
+def test_a_fatal_error_keeps_the_audio_and_retry_delivers_it(tmp_path: Path) -> None:
+    """A wrong token is fatal; the app fixes it and retries: nothing was lost meanwhile."""
+    source = recording(tmp_path, 3.0)
+
+    async def app(server: IngestServer) -> tuple[Summary, str]:
+        up = AsyncUplink(server.url, stream_id="retried", rate=RATE, config=CONFIG,
+                         token="wrong-token-0123456789abcdef")
+        for block in uneven_blocks(source, seed=3):
+            await up.push(block)
+        with pytest.raises(UplinkFailed) as failed:
+            await up.aclose(timeout=30)
+        assert failed.value.summary.seconds_undelivered == pytest.approx(3.0)
+        with pytest.raises(UplinkClosed):
+            await up.push(source[:10])  # closed: the input ended before the failure
+        await up.retry(token=TOKEN)
+        return await up.aclose(timeout=30), str(failed.value.error)
+
+    with IngestServer(tmp_path / "data", args=["--token", TOKEN]) as server:
+        summary, error = asyncio.run(app(server))
+    assert "403" in error
+    assert summary.ok and summary.seconds_acked == pytest.approx(3.0)
+    _, stored = read_wav(tmp_path / "data" / "streams" / "retried" / "audio.wav")
+    assert stored == source.tobytes()
+
+
+def test_on_gap_reports_the_exact_samples_an_outage_longer_than_the_buffer_cost(
+        tmp_path: Path) -> None:
+    source = recording(tmp_path, 3.0)
+    gaps: list[tuple[int, int, str]] = []
+    server = IngestServer(tmp_path / "data")  # not started yet: the link is down
+
+    async def app() -> Summary:
+        up = AsyncUplink(server.url, stream_id="gapped", rate=RATE, config=CONFIG,
+                         buffer_seconds=0.5, on_gap=lambda *g: gaps.append(g))
+        await up.push(source)  # 3 s into a 0.5 s ring: the oldest 2.5 s are dropped
+        await asyncio.to_thread(server.start)
+        return await up.aclose(timeout=30)
+
+    try:
+        summary = asyncio.run(app())
+    finally:
+        server.stop()
+    assert summary.ok
+    dropped = summary.frames_dropped * 320
+    assert dropped >= 2 * RATE
+    assert [(start, n) for start, n, _ in gaps] == [(0, dropped)]
+    _, stored = read_wav(tmp_path / "data" / "streams" / "gapped" / "audio.wav")
+    assert stored == bytes(2 * dropped) + source[dropped:].tobytes()
