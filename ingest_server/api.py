@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from .auth import Denial
 from .metrics import CONTENT_TYPE
 from .service import IngestService
-from .storage import JournalWav, is_valid_stream_id
+from .storage import Gap, JournalWav, StreamMeta, is_valid_stream_id, parse_utc, utc_now
 from .stream import Stream
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
@@ -76,6 +76,9 @@ class GapModel(BaseModel):
     end_seq: int
     start_sample: int
     end_sample: int
+    #: wall-clock time of the gap's first sample (capture_started + start_sample / rate,
+    #: protocol §2); None when the capture did not send its wall-clock time
+    started: datetime | None = None
 
 
 class StreamSummary(BaseModel):
@@ -90,12 +93,17 @@ class StreamSummary(BaseModel):
     gap_count: int
     created: datetime
     ended: datetime | None
+    #: the capture's wall-clock time of sample 0 (hello `wall_time`, protocol §2)
+    capture_started: datetime | None
+    labels: dict[str, str]
 
 
 class StreamDetail(StreamSummary):
     next_seq: int
     connected: bool
     duplicates: int
+    #: how often the stream was reopened after it had expired (protocol §2)
+    reopened: int
     gaps: list[GapModel]
 
 
@@ -147,6 +155,8 @@ def _summary(stream: Stream) -> dict[str, object]:
         "gap_count": len(stream.gaps),
         "created": meta.created,
         "ended": meta.ended,
+        "capture_started": meta.capture_started,
+        "labels": meta.labels or {},
     }
 
 
@@ -204,8 +214,17 @@ async def get_stream(stream_id: str, request: Request) -> StreamDetail:
         "next_seq": stream.durable.next_seq,
         "connected": stream.owner is not None,
         "duplicates": stream.duplicates,
-        "gaps": [g.to_json() for g in stream.gaps],
+        "reopened": stream.meta.reopened,
+        "gaps": [_gap(g, stream.meta) for g in stream.gaps],
     })
+
+
+def _gap(gap: Gap, meta: StreamMeta) -> dict[str, object]:
+    started = None
+    if meta.capture_started is not None:
+        started = utc_now(parse_utc(meta.capture_started)
+                          + gap.start_sample / meta.format.sample_rate)
+    return {**gap.to_json(), "started": started}
 
 
 AUDIO_ROUTE: dict[str, Any] = dict(

@@ -11,8 +11,11 @@ import asyncio
 import json
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from capture.wav_source import WavFileSource
 from capture.wavfile import read_wav
@@ -108,7 +111,7 @@ def test_outage_past_the_session_timeout_within_the_buffer_loses_nothing(tmp_pat
     finally:
         server.stop()
     assert dropped == 0
-    assert d["state"] == "finalized" and d["end_reason"] == "ended"
+    assert d["state"] == "finalized" and d["end_reason"] == "ended" and d["reopened"] == 1
     assert d["gaps"] == []
     fmt, source = read_wav(tmp_path / "source.wav")
     _, stored = read_wav(tmp_path / "data" / "streams" / "long-outage" / "audio.wav")
@@ -123,10 +126,15 @@ def test_outage_past_the_session_timeout_and_the_buffer_records_one_exact_gap(
     finally:
         server.stop()
     assert dropped >= 30 and samples_dropped == dropped * FRAME
-    assert d["end_reason"] == "ended"
+    assert d["end_reason"] == "ended" and d["reopened"] == 1
     [gap] = d["gaps"]
     start, end = gap["start_sample"], gap["end_sample"]
     assert end - start == samples_dropped
+    # the gap sits on the capture's wall clock (protocol §2 wall_time)
+    started = datetime.fromisoformat(d["capture_started"]).timestamp()
+    assert abs(time.time() - started) < 120
+    gap_started = datetime.fromisoformat(gap["started"]).timestamp()
+    assert gap_started == pytest.approx(started + start / 16000, abs=0.002)
     fmt, source = read_wav(tmp_path / "source.wav")
     _, stored = read_wav(tmp_path / "data" / "streams" / "overflowed" / "audio.wav")
     align = fmt.block_align

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,16 @@ def test_missing_input_file_is_a_clear_error(server: IngestServer, tmp_path: Pat
     proc = run_capture("--server", server.url, "--input", str(tmp_path / "missing.wav"))
     assert proc.returncode == 1
     assert "missing.wav" in proc.stderr
+
+
+def test_labels_and_the_capture_wall_clock_are_stored_and_shown(server: IngestServer) -> None:
+    before = time.time()
+    proc = run_capture("--server", server.url, "--stream-id", "labelled", "--input",
+                       str(bundled_recording()), "--speed", "0", "--quiet",
+                       "--label", "meeting=standup", "--label", "room=4.01")
+    assert proc.returncode == 0, proc.stderr
+    with urllib.request.urlopen(f"{server.http}/v1/streams/labelled") as resp:
+        d = json.load(resp)
+    assert d["labels"] == {"meeting": "standup", "room": "4.01"}
+    started = datetime.fromisoformat(d["capture_started"]).timestamp()
+    assert before - 1 <= started <= time.time()

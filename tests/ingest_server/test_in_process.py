@@ -29,18 +29,22 @@ def test_session_expiry_through_the_app_with_a_fake_clock(tmp_path: Path) -> Non
         clock.now = 100.0 + 60.0
         assert srv.call(srv.service.registry.expire()) == ["sleepy"]
 
+        # the credential holder comes back after the expiry: the stream reopens (§2)
+        more = frames(1, seed=31)
         with Client(srv.url) as c:
             w2 = c.hello("sleepy", resume=w)
-            assert w2.finalized and w2.next_seq == 5
-            c.audio(5, 5 * FRAME, frames(1, seed=31))
-            assert c.expect_close().code == CloseCode.STREAM_FINALIZED
+            assert not w2.finalized and w2.next_seq == 5
+            c.audio(5, 5 * FRAME, more)
+            assert c.end(6, 6 * FRAME).gaps == 0
+        # an *ended* stream stays finalized: items are refused with 4410
         with Client(srv.url) as c:
-            c.hello("sleepy", resume=w)
-            assert c.end(5, 5 * FRAME).gaps == 0
+            assert c.hello("sleepy", resume=w).finalized
+            c.audio(6, 6 * FRAME, frames(1, seed=32))
+            assert c.expect_close().code == CloseCode.STREAM_FINALIZED
         d = httpx.get(f"{srv.http}/v1/streams/sleepy", timeout=10).json()
-        assert (d["state"], d["end_reason"], d["frames"]) == ("finalized", "expired", 5)
+        assert (d["state"], d["end_reason"], d["frames"]) == ("finalized", "ended", 6)
         wav = (tmp_path / "data" / "streams" / "sleepy" / "audio.wav").read_bytes()
-        assert wav[-5 * FRAME * 2:] == b"".join(f)
+        assert wav[-6 * FRAME * 2:] == b"".join(f + more)
 
 
 def test_unexpected_fault_closes_1011_and_spares_other_streams(
