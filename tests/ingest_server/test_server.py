@@ -101,7 +101,7 @@ def test_gap_is_recorded_and_stored_as_silence(server: IngestServer) -> None:
     assert ended.gaps == 1
     d = detail(server, "gappy")
     assert d["gaps"] == [{"first_seq": 4, "end_seq": 7, "start_sample": 4 * FRAME,
-                          "end_sample": 7 * FRAME + 50}]
+                          "end_sample": 7 * FRAME + 50, "started": None}]
     assert np.array_equal(stored(server, "gappy"), pcm(*f[:4], 3 * FRAME + 50, *f[4:]))
 
 
