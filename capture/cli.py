@@ -23,7 +23,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from importlib import metadata
@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     p.add_argument("--stream-id", help="stream id matching " + STREAM_ID_PATTERN.replace("%", "%%")
                    + " (default: a new one, printed on stdout)")
-    p.add_argument("--token", default=env("ECHOPANEL_TOKEN"),
-                   help="bearer token for the server (env ECHOPANEL_TOKEN)")
+    p.add_argument("--token", default=None,
+                   help="bearer token for the server (env ECHOPANEL_UPLINK_TOKEN; "
+                   "ECHOPANEL_TOKEN is read too when it holds a single token)")
     p.add_argument("--cafile", default=env("ECHOPANEL_CAFILE"), metavar="PATH",
                    help="PEM bundle of CA certificates to trust for wss:// (a private CA; "
                    "env ECHOPANEL_CAFILE)")
@@ -135,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name in flat_option_names():
         tuning.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar="VALUE")
     return p
+
+
+def token_from_env(environ: Mapping[str, str]) -> str | None:
+    """The capture's one token: ECHOPANEL_UPLINK_TOKEN, else ECHOPANEL_TOKEN when it holds a
+    single token. On the server ECHOPANEL_TOKEN is a comma-separated list of every token it
+    accepts; a capture must never send such a list (docs/operations.md, "Tokens")."""
+    token = environ.get("ECHOPANEL_UPLINK_TOKEN") or None
+    if token is not None:
+        return token
+    shared = environ.get("ECHOPANEL_TOKEN") or None
+    if shared is not None and "," in shared:
+        raise ValueError("ECHOPANEL_TOKEN holds a comma-separated list (the server's form); "
+                         "give this capture its own token in ECHOPANEL_UPLINK_TOKEN or --token")
+    return shared
 
 
 def list_devices() -> int:
@@ -468,6 +483,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_labels(dict(args.label))
     except ValueError as e:
         parser.error(f"--label: {e}")
+    if args.token is None:
+        try:
+            args.token = token_from_env(os.environ)
+        except ValueError as e:
+            parser.error(str(e))
     overrides: dict[str, Any] = {
         name: getattr(args, f"opt_{name}") for name in flat_option_names()
         if getattr(args, f"opt_{name}") is not None

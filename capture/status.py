@@ -30,7 +30,7 @@ from rich.text import Text
 
 from capture.levels import SILENCE_DBFS, Level, measure
 from uplink.client import UplinkClient
-from uplink.core import ConnectionState
+from uplink.core import ConnectionState, Phase
 
 METER_WIDTH = 24
 METER_FLOOR_DBFS = -60.0
@@ -118,17 +118,17 @@ class StatusReporter:
     # -- events (any thread) --------------------------------------------------------------
 
     def on_state(self, state: ConnectionState) -> None:
-        if state.name in ("connecting", "reconnecting"):
+        if state.phase in (Phase.CONNECTING, Phase.RECONNECTING):
             self._attempt = self._next_attempt
-            if state.name == "connecting":
+            if state.phase is Phase.CONNECTING:
                 self._next_attempt += 1
-        elif state.name == "connected":
+        elif state.phase is Phase.CONNECTED:
             self._next_attempt = 1
-        self._say(self._describe(state), style=_STATE_STYLE.get(state.name, ""))
-        self._emit_json("state", state=state.name, attempt=self._attempt, reason=state.reason)
+        self._say(self._describe(state), style=_STATE_STYLE.get(state.phase, ""))
+        self._emit_json("state", state=state.phase, attempt=self._attempt, reason=state.reason)
 
     def _describe(self, state: ConnectionState) -> str:
-        if state.name == "reconnecting" and state.retry_at is not None:
+        if state.phase is Phase.RECONNECTING and state.retry_at is not None:
             wait = max(0.0, state.retry_at - time.monotonic())
             return (f"reconnecting (attempt {self._attempt}, next try in {wait:.1f} s): "
                     f"{state.reason}")
@@ -185,7 +185,7 @@ class StatusReporter:
         if stats.state.retry_at is not None:
             retry_in = round(max(0.0, stats.state.retry_at - now), 2)
         return {
-            "state": stats.state.name,
+            "state": stats.state.phase,
             "phase": self._phase,
             "attempt": self._attempt,
             "retry_in": retry_in,

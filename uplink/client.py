@@ -149,7 +149,7 @@ class UplinkClient:
             while True:
                 state = await queue.get()
                 yield state
-                if state.name in ("done", "failed"):
+                if state.phase.final:
                     return
         finally:
             self._queues.remove(queue)

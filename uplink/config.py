@@ -34,33 +34,11 @@ class UplinkConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
 
+    def __post_init__(self) -> None:
+        # built in code (the embedding API, tests) the same rules hold as for flags and
+        # variables: ack_timeout=-1 or window_frames=0 is refused here, naming the field
+        check_config(self)
 
-PROFILES: dict[str, UplinkConfig] = {
-    # a short open timeout: a breaker that holds a live stream off for 30 s costs 30 s of
-    # buffer; 10 s matches the backoff cap
-    "live": UplinkConfig(breaker=BreakerConfig(open_timeout=10.0)),
-    # research note §5, development column
-    "development": UplinkConfig(
-        buffer_seconds=60.0,
-        heartbeat_interval=10.0,
-        heartbeat_timeout=5.0,
-        backoff=BackoffConfig(base=1.0, cap=10.0),
-        breaker=BreakerConfig(failure_threshold=3),
-        budget=RetryBudgetConfig(max_initial_attempts=5),
-    ),
-    # research note §5, production column (ack_timeout stays short: while audio flows the
-    # ack stream, not the 30 s heartbeat, is what detects a dead link)
-    "production": UplinkConfig(
-        buffer_seconds=300.0,
-        heartbeat_interval=30.0,
-        heartbeat_timeout=10.0,
-        ack_timeout=5.0,
-        backoff=BackoffConfig(base=1.0, cap=60.0),
-        # a production server restarts with more streams to recover: a longer grace
-        breaker=BreakerConfig(failure_threshold=5, restart_grace=30.0),
-        budget=RetryBudgetConfig(max_initial_attempts=15),
-    ),
-}
 
 _SECTIONS = ("backoff", "breaker", "budget")
 
@@ -116,6 +94,46 @@ _RULES: dict[str, Callable[[float], str | None]] = {
     "max_outage": _positive,  # or none/never/inf: never give up
 }
 
+
+def check_config(config: UplinkConfig) -> None:
+    """Raise ValueError naming the first field that breaks its rule (`_RULES`)."""
+    for name, (section, attr) in _FLAT.items():
+        target: Any = config if section is None else getattr(config, section)
+        value = getattr(target, attr)
+        if value is None:  # max_outage: never give up
+            continue
+        problem = _RULES[name](value)
+        if problem is not None:
+            where = attr if section is None else f"{section}.{attr}"
+            raise ValueError(f"UplinkConfig.{where} {problem} (got {value!r})")
+
+
+PROFILES: dict[str, UplinkConfig] = {
+    # a short open timeout: a breaker that holds a live stream off for 30 s costs 30 s of
+    # buffer; 10 s matches the backoff cap
+    "live": UplinkConfig(breaker=BreakerConfig(open_timeout=10.0)),
+    # research note §5, development column
+    "development": UplinkConfig(
+        buffer_seconds=60.0,
+        heartbeat_interval=10.0,
+        heartbeat_timeout=5.0,
+        backoff=BackoffConfig(base=1.0, cap=10.0),
+        breaker=BreakerConfig(failure_threshold=3),
+        budget=RetryBudgetConfig(max_initial_attempts=5),
+    ),
+    # research note §5, production column (ack_timeout stays short: while audio flows the
+    # ack stream, not the 30 s heartbeat, is what detects a dead link)
+    "production": UplinkConfig(
+        buffer_seconds=300.0,
+        heartbeat_interval=30.0,
+        heartbeat_timeout=10.0,
+        ack_timeout=5.0,
+        backoff=BackoffConfig(base=1.0, cap=60.0),
+        # a production server restarts with more streams to recover: a longer grace
+        breaker=BreakerConfig(failure_threshold=5, restart_grace=30.0),
+        budget=RetryBudgetConfig(max_initial_attempts=15),
+    ),
+}
 
 def flat_option_names() -> list[str]:
     return list(_FLAT)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 
 from uplink import wire
 from uplink.audio import AudioFormat
@@ -58,22 +58,45 @@ class State(Enum):
 # -- what the application sees ----------------------------------------------------------
 
 
+class Phase(StrEnum):
+    """Where the uplink is, as the application sees it (values are what status lines and
+    JSON records print)."""
+
+    DISCONNECTED = "disconnected"  # not started yet
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"  # waiting before the next attempt (attempt, retry_at)
+    DONE = "done"  # the server acknowledged end-of-stream
+    FAILED = "failed"  # fatal (reason); the audio stays in the ring for retry()
+
+    @property
+    def final(self) -> bool:
+        """No further change follows unless the application calls retry()."""
+        return self in (Phase.DONE, Phase.FAILED)
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionState:
-    """disconnected / connecting / connected / reconnecting(attempt, next retry) / failed."""
+    """A phase plus what goes with it: the attempt and next retry while reconnecting, the
+    reason when reconnecting or failed."""
 
-    name: str
+    phase: Phase
     attempt: int = 0
     retry_at: float | None = None
     reason: str = ""
 
+    @property
+    def name(self) -> Phase:
+        """The phase (kept under its old name; a Phase compares equal to its string)."""
+        return self.phase
+
     def describe(self, now: float) -> str:
-        if self.name == "reconnecting" and self.retry_at is not None:
+        if self.phase is Phase.RECONNECTING and self.retry_at is not None:
             wait = max(0.0, self.retry_at - now)
             return f"reconnecting (attempt {self.attempt}, next try in {wait:.1f} s): {self.reason}"
-        if self.name == "failed":
+        if self.phase is Phase.FAILED:
             return f"failed: {self.reason}"
-        return self.name
+        return self.phase.value
 
 
 @dataclass(slots=True)
@@ -184,7 +207,7 @@ class UplinkCore:
         self.counters = Counters()
         self.epoch: int | None = None
         self.credential: str | None = None
-        self.public = ConnectionState("disconnected")
+        self.public = ConnectionState(Phase.DISCONNECTED)
         self.error: FatalError | None = None
         self.last_error: UplinkError | None = None
         # per-connection state
@@ -251,7 +274,8 @@ class UplinkCore:
         """The open connection ended (close frame received, or abnormal closure)."""
         if self.state not in (State.HANDSHAKING, State.STREAMING):
             return []  # we had already dropped it ourselves
-        return self._link_failed(error_for_close(code, reason), now)
+        streaming = self.state is State.STREAMING
+        return self._link_failed(error_for_close(code, reason, streaming=streaming), now)
 
     def text_received(self, text: str, now: float) -> list[Action]:
         if self.state not in (State.HANDSHAKING, State.STREAMING):
@@ -397,7 +421,7 @@ class UplinkCore:
         self._ack_deadline = None
         self._pong_deadline = None
         self.state = State.STREAMING
-        actions.append(self._publish(ConnectionState("connected")))
+        actions.append(self._publish(ConnectionState(Phase.CONNECTED)))
         if msg.finalized and not (self.ring.closed and msg.next_seq == self.ring.tail_seq):
             return actions + self._fail(
                 _finalized_error(msg.next_seq, self.ring.tail_seq), now
@@ -446,7 +470,7 @@ class UplinkCore:
         if self.gap_mismatch is not None:
             actions.append(GapMismatch(self.gap_mismatch))
         self.state = State.DONE
-        return actions + [self._publish(ConnectionState("done")), Finished()]
+        return actions + [self._publish(ConnectionState(Phase.DONE)), Finished()]
 
     def _pump(self, now: float) -> list[Action]:
         """Send runs from the ring while the window allows; then `end` if input is over."""
@@ -548,7 +572,7 @@ class UplinkCore:
         reason = str(error)
         if self.budget.established and self.breaker.state is BreakerState.OPEN:
             reason += " [circuit open]"
-        return [self._publish(ConnectionState("reconnecting", attempt, retry_at, reason))]
+        return [self._publish(ConnectionState(Phase.RECONNECTING, attempt, retry_at, reason))]
 
     def _attempt(self, now: float) -> list[Action]:
         if self.budget.established and not self.breaker.allow(now):
@@ -558,7 +582,7 @@ class UplinkCore:
             return []
         self.state = State.CONNECTING
         self._retry_at = None
-        return [self._publish(ConnectionState("connecting", self.backoff.attempt)), OpenConnection()]
+        return [self._publish(ConnectionState(Phase.CONNECTING, self.backoff.attempt)), OpenConnection()]
 
     def _fail(self, error: FatalError, now: float) -> list[Action]:
         del now
@@ -570,7 +594,7 @@ class UplinkCore:
         if prior in (State.HANDSHAKING, State.STREAMING):
             code = 1002 if isinstance(error, ServerProtocolError) else 1001
             actions.append(CloseConnection(code, str(error)[:120]))
-        actions += [self._publish(ConnectionState("failed", reason=str(error))), Failed(error)]
+        actions += [self._publish(ConnectionState(Phase.FAILED, reason=str(error))), Failed(error)]
         return actions
 
     def _publish(self, state: ConnectionState) -> StateChanged:

@@ -39,7 +39,7 @@ from uplink import wire
 from uplink.audio import AudioFormat, SampleType
 from uplink.client import UplinkClient, UplinkResult, UplinkStats
 from uplink.config import UplinkConfig, build_config
-from uplink.core import ConnectionState
+from uplink.core import ConnectionState, Phase
 from uplink.errors import FatalError
 from uplink.frames import FrameCutter
 from uplink.ring import OverflowPolicy, RingBuffer, RingClosed
@@ -85,7 +85,7 @@ class Summary:
         c, ring = stats.counters, stats.ring
         return cls(
             stream_id=stream_id,
-            ok=error is None and stats.state.name == "done",
+            ok=error is None and stats.state.phase is Phase.DONE,
             frames_acked=c.acked_seq,
             seconds_acked=c.acked_sample / fmt.sample_rate,
             frames_dropped=ring.frames_dropped,

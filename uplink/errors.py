@@ -7,7 +7,11 @@
     │   ├── ConnectionDropped   the link closed with a retriable code, or abnormally
     │   └── LinkDead            no ack / no pong within the deadline (zombie link)
     └── FatalError              the uplink stops, says why, and keeps the buffered audio
-        ├── HandshakeRefused    HTTP 401/403/404 on the upgrade, or a fatal close code
+        ├── Refused             the server refused the stream for good (code / HTTP status)
+        │   ├── HandshakeRefused HTTP 401/403/404 on the upgrade, a fatal close before the
+        │   │                    welcome, or a welcome saying the stream is finalized
+        │   └── StreamClosed    a fatal close code on an established stream (4411 taken
+        │                       over, 1008 policy, 4410 finalized, 1002 protocol error …)
         ├── TlsFailure          certificate verification failed, or TLS against a plain server
         ├── AddressUnresolvable the host name does not resolve (before the first connection)
         ├── ServerProtocolError the server broke protocol v1 (or lost acknowledged audio)
@@ -85,8 +89,9 @@ class LinkDead(RetriableError):
     """Zombie link: no ack or pong within its deadline (docs/protocol.md §8)."""
 
 
-class HandshakeRefused(FatalError):
-    """The server refused us for good: HTTP 401/403/404 or a fatal close code."""
+class Refused(FatalError):
+    """The server refused the stream for good; `code` is the close code, `http_status` the
+    answer to the upgrade (one of them is set)."""
 
     def __init__(
         self, message: str, code: int | None = None, http_status: int | None = None
@@ -94,6 +99,16 @@ class HandshakeRefused(FatalError):
         super().__init__(message)
         self.code = code
         self.http_status = http_status
+
+
+class HandshakeRefused(Refused):
+    """Refused before streaming: HTTP 401/403/404 on the upgrade, a fatal close code before
+    the welcome, or a welcome for a finalized stream."""
+
+
+class StreamClosed(Refused):
+    """A stream that was flowing was closed with a fatal code (docs/protocol.md §7): taken
+    over by another connection (4411), a policy or protocol violation, a finalized stream."""
 
 
 class ServerProtocolError(FatalError):
@@ -121,13 +136,14 @@ class LocalProtocolError(RuntimeError):
     """The core was driven through an illegal transition (a bug in the I/O layer)."""
 
 
-def error_for_close(code: int | None, reason: str) -> UplinkError:
-    """Classify a WebSocket close (docs/protocol.md §7)."""
+def error_for_close(code: int | None, reason: str, *, streaming: bool = False) -> UplinkError:
+    """Classify a WebSocket close (docs/protocol.md §7); `streaming`: after the welcome."""
     name = _close_name(code)
     text = f"server closed the connection: {name}" + (f" ({reason})" if reason else "")
     match retry_for_close(code):
         case Retry.FATAL:
-            return HandshakeRefused(text, code=code)
+            fatal = StreamClosed if streaming else HandshakeRefused
+            return fatal(text, code=code)
         case Retry.SOON:
             return ConnectionDropped(text, code=code, escalate=False)
         case _:

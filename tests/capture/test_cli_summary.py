@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from capture.cli import Loss, overflow_policy, unmeasured_overflows
+from capture.cli import Loss, overflow_policy, token_from_env, unmeasured_overflows
 from capture.cli import build_parser as parser
 from uplink.ring import OverflowPolicy
 
@@ -61,3 +61,19 @@ def test_only_overflows_without_a_measured_gap_are_counted_apart() -> None:
 def test_a_file_blocks_at_any_speed_unless_told_to_drop(argv: list[str],
                                                         policy: OverflowPolicy) -> None:
     assert overflow_policy(parser().parse_args(argv)) is policy
+
+
+@pytest.mark.parametrize("environ,token", [
+    ({}, None),
+    ({"ECHOPANEL_UPLINK_TOKEN": "mine"}, "mine"),
+    ({"ECHOPANEL_TOKEN": "shared-one"}, "shared-one"),
+    ({"ECHOPANEL_UPLINK_TOKEN": "mine", "ECHOPANEL_TOKEN": "a,b"}, "mine"),
+])
+def test_the_capture_token_has_its_own_variable(environ: dict[str, str],
+                                                 token: str | None) -> None:
+    assert token_from_env(environ) == token
+
+
+def test_a_server_token_list_is_never_sent_by_a_capture() -> None:
+    with pytest.raises(ValueError, match="ECHOPANEL_UPLINK_TOKEN"):
+        token_from_env({"ECHOPANEL_TOKEN": "tok1,tok2"})

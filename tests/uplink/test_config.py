@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from uplink.config import PROFILES, build_config
+from uplink.config import PROFILES, UplinkConfig, build_config
+from uplink.policy import BackoffConfig
 
 
 def test_profiles_follow_the_research_note() -> None:
@@ -62,3 +63,18 @@ def test_restart_grace_is_a_tuning_option() -> None:
     assert build_config("live", {"restart_grace": "0"}).breaker.restart_grace == 0.0
     assert build_config("production").breaker.restart_grace == 30.0
     assert build_config("live").breaker.restart_grace == 15.0
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"ack_timeout": -1}, "ack_timeout"),
+    ({"window_frames": 0}, "window_frames"),
+    ({"buffer_seconds": 0}, "buffer_seconds"),
+])
+def test_a_config_built_in_code_is_checked_too(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=f"UplinkConfig.{field} "):
+        UplinkConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_bad_section_value_names_the_section() -> None:
+    with pytest.raises(ValueError, match=r"UplinkConfig.backoff.jitter must be between 0 and 1"):
+        UplinkConfig(backoff=BackoffConfig(jitter=2.0))

@@ -29,6 +29,7 @@ from uplink.errors import (
     LocalProtocolError,
     RetryBudgetExhausted,
     ServerProtocolError,
+    StreamClosed,
     error_for_http_status,
 )
 from uplink.policy import Backoff, BackoffConfig, BreakerConfig, BreakerState, RetryBudgetConfig
@@ -321,9 +322,20 @@ def test_fatal_close_codes_stop_without_retry(code: int) -> None:
     connect(core)
     actions = core.connection_closed(code, "nope", 0.0)
     [failed] = [a for a in actions if isinstance(a, Failed)]
-    assert isinstance(failed.error, HandshakeRefused)
+    # closed after the welcome: a stream that was flowing, not a refused handshake
+    assert isinstance(failed.error, StreamClosed) and failed.error.code == code
     assert core.state is State.FAILED and OpenConnection() not in actions
     assert core.ring.stats().held_frames == 2  # the audio is kept
+
+
+@pytest.mark.parametrize("code", [4409, 1008, 4400])
+def test_fatal_close_before_the_welcome_is_a_refused_handshake(code: int) -> None:
+    core = make(frames=2)
+    core.start(0.0)
+    core.connection_opened(0.0)
+    actions = core.connection_closed(code, "nope", 0.1)
+    [failed] = [a for a in actions if isinstance(a, Failed)]
+    assert isinstance(failed.error, HandshakeRefused) and failed.error.code == code
 
 
 @pytest.mark.parametrize("status,fatal", [(401, True), (403, True), (404, True), (503, False)])

@@ -25,6 +25,7 @@ from tools.bench.report import Row, ratio
 from tools.bench.servers import BaselineServer, OursServer
 from tools.bench.stats import summarize
 from uplink.client import UplinkClient
+from uplink.core import Phase
 from uplink.wire import HEADER_SIZE
 
 TARGET_SPEED = 1000.0  # × real time
@@ -54,7 +55,7 @@ async def ours_once(port: int, stream_id: str, payload: bytes, backlog_seconds: 
     marks: dict[str, float] = {}
 
     def on_state(state: Any) -> None:
-        if state.name == "connected" and "connected" not in marks:
+        if state.phase is Phase.CONNECTED and "connected" not in marks:
             marks["connected"] = time.perf_counter()
 
     def on_ack(acked: int) -> None:

@@ -50,6 +50,7 @@ from tools.bench.stats import rss_bytes, summarize
 from tools.chaos_proxy import ChaosProxyThread, ChaosSchedule
 from uplink.audio import AudioFormat
 from uplink.client import UplinkClient
+from uplink.core import Phase
 from uplink.frames import FrameCutter
 from uplink.ring import OverflowPolicy, RingBuffer
 
@@ -119,7 +120,7 @@ async def _ours_client(port: int, fmt: AudioFormat, seconds: float, warmup: floa
     block = round(BLOCK_SECONDS * fmt.sample_rate) * fmt.block_align
     producer = _Producer(FrameCutter(ring), pcm(fmt, 1.0, seed=5), block)
     connected = asyncio.Event()
-    client.on_state(lambda s: connected.set() if s.name == "connected" else None)
+    client.on_state(lambda s: connected.set() if s.phase is Phase.CONNECTED else None)
     runner = asyncio.create_task(client.run())
     await asyncio.wait_for(connected.wait(), 15.0)
     producer.start()
@@ -307,7 +308,7 @@ async def _soak_client(proxy_port: int, seconds: float, buffer_seconds: float) -
     cutter = FrameCutter(ring)
     producer = _Producer(cutter, loop_audio, block)
     connected = asyncio.Event()
-    client.on_state(lambda s: connected.set() if s.name == "connected" else None)
+    client.on_state(lambda s: connected.set() if s.phase is Phase.CONNECTED else None)
     runner = asyncio.create_task(client.run())
     await asyncio.wait_for(connected.wait(), 15.0)
     producer.start()

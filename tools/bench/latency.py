@@ -36,6 +36,7 @@ from tools.bench.report import Row, ratio
 from tools.bench.servers import BaselineServer, OursServer
 from tools.bench.stats import Summary, percentiles, summarize
 from uplink.client import UplinkClient
+from uplink.core import Phase
 from uplink.ring import OverflowPolicy, RingBuffer
 
 TARGET_P50_MS = 2.0
@@ -92,7 +93,7 @@ async def ours_once(port: int, stream_id: str, seconds: float, data_dir: Path) -
             ring.push(view[k * frame_bytes : (k + 1) * frame_bytes])
         ring.close()
 
-    client.on_state(lambda s: connected.set() if s.name == "connected" else None)
+    client.on_state(lambda s: connected.set() if s.phase is Phase.CONNECTED else None)
     client.on_ack = on_ack
     producer = threading.Thread(target=produce, name="bench-producer", daemon=True)
     producer.start()

@@ -41,6 +41,7 @@ from uplink.core import (
     Action,
     CloseConnection,
     OpenConnection,
+    Phase,
     SendBinary,
     SendText,
     State,
@@ -297,7 +298,7 @@ async def real_restarts(config: UplinkConfig, downs: tuple[float, ...], workdir:
 
 
 async def _healthy(client: UplinkClient, acked: asyncio.Event) -> None:
-    while client.stats().state.name != "connected":
+    while client.stats().state.phase is not Phase.CONNECTED:
         await asyncio.sleep(0.05)
     acked.clear()
     await acked.wait()
