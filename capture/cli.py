@@ -153,7 +153,7 @@ def token_from_env(environ: Mapping[str, str]) -> str | None:
 
 
 def list_devices() -> int:
-    from capture.microphone import list_input_devices
+    from capture.devices import list_input_devices
 
     devices = list_input_devices()
     if not devices:

@@ -50,173 +50,51 @@ accurate to about one host buffer), before the new stream's first block.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from capture.devices import (
+    COMMON_RATES,
+    NO_INPUT_DEVICE,
+    PORTAUDIO_DTYPES,
+    PORTAUDIO_LOCK,
+    PORTAUDIO_MISSING,
+    DeviceInfo,
+    describe_supported,
+    import_sounddevice,
+    input_devices,
+    list_input_devices,
+    pick_device,
+    rescan_devices,
+    supported_formats,
+)
 from capture.source import FrameSink, Source, SourceError
 from uplink.audio import AudioFormat, SampleType
+from uplink.policy import Backoff, BackoffConfig
+
+# re-exported: the device functions were defined here before capture/devices.py existed
+__all__ = [
+    "COMMON_RATES",
+    "NO_INPUT_DEVICE",
+    "PORTAUDIO_MISSING",
+    "DeviceInfo",
+    "MicrophoneSource",
+    "MicrophoneStats",
+    "describe_supported",
+    "list_input_devices",
+    "rescan_devices",
+    "supported_formats",
+]
 
 log = logging.getLogger(__name__)
 
-PORTAUDIO_MISSING = (
-    "PortAudio not found: install the system package libportaudio2 "
-    "(Debian/Ubuntu: apt-get install libportaudio2)"
-)
-NO_INPUT_DEVICE = "no audio input device found; stream a file instead with --input FILE.wav"
-COMMON_RATES = (8000, 16000, 22050, 32000, 44100, 48000, 96000)
 DEFAULT_LATENCY = 0.1
 DEFAULT_FRAME_SECONDS = 0.020
-
-_DTYPES: dict[SampleType, str] = {
-    SampleType.INT16: "int16",
-    SampleType.INT24: "int24",
-    SampleType.INT32: "int32",
-    SampleType.FLOAT32: "float32",
-}
-
-# Guards PortAudio (re)initialisation against concurrent device queries.
-_PA_LOCK = threading.RLock()
-
-
-def _sounddevice() -> ModuleType:
-    """Import sounddevice, turning a missing PortAudio into a SourceError."""
-    try:
-        import sounddevice
-    except OSError as e:  # sounddevice raises OSError('PortAudio library not found')
-        raise SourceError(PORTAUDIO_MISSING) from e
-    except ImportError as e:
-        raise SourceError(
-            "the Python package sounddevice is not installed (pip install sounddevice); "
-            f"{PORTAUDIO_MISSING}"
-        ) from e
-    return sounddevice
-
-
-def rescan_devices() -> None:
-    """Make PortAudio enumerate devices again (it does so only at initialisation).
-
-    Closes every PortAudio stream open in this process.
-    """
-    sd = _sounddevice()
-    with _PA_LOCK:
-        sd._terminate()
-        sd._initialize()
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceInfo:
-    index: int
-    name: str
-    max_input_channels: int
-    default_samplerate: float
-    is_default: bool
-    hostapi: str = ""
-
-    def __str__(self) -> str:
-        star = "*" if self.is_default else " "
-        return (
-            f"{star}{self.index:3d} {self.name} ({self.hostapi}, "
-            f"{self.max_input_channels} in, {self.default_samplerate:g} Hz)"
-        )
-
-
-def list_input_devices() -> list[DeviceInfo]:
-    """Every PortAudio device with at least one input channel."""
-    sd = _sounddevice()
-    with _PA_LOCK:
-        return _input_devices(sd)
-
-
-def _input_devices(sd: ModuleType) -> list[DeviceInfo]:
-    try:
-        default_index = int(sd.query_devices(kind="input")["index"])
-    except (sd.PortAudioError, ValueError, KeyError, TypeError):
-        default_index = -1
-    hostapis = [h["name"] for h in sd.query_hostapis()]
-    out = []
-    for d in sd.query_devices():
-        if d["max_input_channels"] <= 0:
-            continue
-        h = d.get("hostapi", -1)
-        out.append(
-            DeviceInfo(
-                index=int(d["index"]),
-                name=str(d["name"]),
-                max_input_channels=int(d["max_input_channels"]),
-                default_samplerate=float(d["default_samplerate"]),
-                is_default=int(d["index"]) == default_index,
-                hostapi=hostapis[h] if 0 <= h < len(hostapis) else "",
-            )
-        )
-    return out
-
-
-def _pick(devices: list[DeviceInfo], spec: int | str | None) -> DeviceInfo:
-    """Resolve a device spec (index, name substring, None = default) among input devices."""
-    if not devices:
-        raise SourceError(NO_INPUT_DEVICE)
-    available = "; ".join(f"{d.index}: {d.name}" for d in devices)
-    if isinstance(spec, str) and spec.strip().isdigit():
-        spec = int(spec.strip())
-    if spec is None:
-        for d in devices:
-            if d.is_default:
-                return d
-        raise SourceError(
-            f"no default audio input device; choose one with --device (inputs: {available})"
-        )
-    if isinstance(spec, int):
-        for d in devices:
-            if d.index == spec:
-                return d
-        raise SourceError(f"no audio input device with index {spec} (inputs: {available})")
-    want = spec.casefold()
-    exact = [d for d in devices if d.name.casefold() == want]
-    if exact:
-        return exact[0]
-    matches = [d for d in devices if want in d.name.casefold()]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise SourceError(f"no audio input device matching {spec!r} (inputs: {available})")
-    names = "; ".join(f"{d.index}: {d.name}" for d in matches)
-    raise SourceError(f"{spec!r} matches several input devices ({names}); be more specific")
-
-
-def supported_formats(
-    check: Callable[[int, str], bool],
-    rates: Iterable[int] = COMMON_RATES,
-    dtypes: Iterable[str] = tuple(_DTYPES.values()),
-) -> dict[int, list[str]]:
-    """{rate: [sample types]} for which ``check(rate, dtype)`` is true."""
-    dts = list(dtypes)
-    out: dict[int, list[str]] = {}
-    for rate in rates:
-        ok = [dt for dt in dts if check(rate, dt)]
-        if ok:
-            out[rate] = ok
-    return out
-
-
-def describe_supported(table: dict[int, list[str]], channels: int) -> str:
-    """Human summary of a supported_formats() table, grouped by identical type lists."""
-    ch = f"{channels} channel{'s' if channels != 1 else ''}"
-    if not table:
-        return (
-            f"None of the common rates ({', '.join(map(str, COMMON_RATES))} Hz) works with "
-            f"{ch} in any sample type"
-        )
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for rate, types in table.items():
-        groups.setdefault(tuple(types), []).append(rate)
-    parts = [
-        f"{', '.join(map(str, rates))} Hz x {', '.join(types)}" for types, rates in groups.items()
-    ]
-    return f"Supported with {ch}: " + "; ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +231,7 @@ class MicrophoneSource(Source):
                 raise RuntimeError("MicrophoneSource already started")
             self._sink = sink
         try:
-            self._sd = _sounddevice()
+            self._sd = import_sounddevice()
             self._abort_exc = self._sd.CallbackAbort
             info = self._resolve(self.device)
             self._check_format(info)
@@ -422,20 +300,20 @@ class MicrophoneSource(Source):
     # -- opening -------------------------------------------------------------------------
     def _resolve(self, spec: int | str | None) -> DeviceInfo:
         assert self._sd is not None
-        with _PA_LOCK:
-            return _pick(_input_devices(self._sd), spec)
+        with PORTAUDIO_LOCK:
+            return pick_device(input_devices(self._sd), spec)
 
     def _check_format(self, info: DeviceInfo) -> None:
         sd = self._sd
         assert sd is not None
         fmt = self.format
         try:
-            with _PA_LOCK:
+            with PORTAUDIO_LOCK:
                 sd.check_input_settings(
                     device=info.index,
                     samplerate=fmt.sample_rate,
                     channels=fmt.channels,
-                    dtype=_DTYPES[fmt.sample_type],
+                    dtype=PORTAUDIO_DTYPES[fmt.sample_type],
                 )
             return
         except (sd.PortAudioError, ValueError) as e:
@@ -451,7 +329,7 @@ class MicrophoneSource(Source):
                 return False
             return True
 
-        with _PA_LOCK:
+        with PORTAUDIO_LOCK:
             table = supported_formats(ok)
         limit = ""
         if fmt.channels > info.max_input_channels:
@@ -466,12 +344,12 @@ class MicrophoneSource(Source):
         sd = self._sd
         assert sd is not None
         self._finished.clear()
-        with _PA_LOCK:
+        with PORTAUDIO_LOCK:
             return sd.RawInputStream(
                 device=info.index,
                 samplerate=self.format.sample_rate,
                 channels=self.format.channels,
-                dtype=_DTYPES[self.format.sample_type],
+                dtype=PORTAUDIO_DTYPES[self.format.sample_type],
                 blocksize=self.blocksize,
                 latency=self.latency,
                 callback=self._callback,
@@ -547,7 +425,7 @@ class MicrophoneSource(Source):
         if s is None:
             return
         try:
-            with _PA_LOCK:
+            with PORTAUDIO_LOCK:
                 s.abort(ignore_errors=True)
                 s.close(ignore_errors=True)
         except Exception as e:  # a dead device may fail to close
@@ -573,10 +451,13 @@ class MicrophoneSource(Source):
             self._error = SourceError(f"audio input device {name!r} lost: {reason}")
             self._event(f"microphone {name!r} lost ({reason}); not reopening")
             return False
-        attempt = 0
+        # the uplink's backoff (uplink/policy.py) without jitter: one device, nobody to
+        # stampede with, and the delays stay predictable for the status line
+        backoff = Backoff(BackoffConfig(base=self.backoff_initial, cap=self.backoff_max,
+                                        jitter=0.0), random.Random())
         while True:
-            delay = min(self.backoff_max, self.backoff_initial * 2.0**attempt)
-            attempt += 1
+            delay = backoff.next_delay()
+            attempt = backoff.attempt
             self._event(
                 f"microphone {name!r} lost ({reason}); reopening in {delay:.2f} s "
                 f"(attempt {attempt})"
@@ -620,13 +501,13 @@ class MicrophoneSource(Source):
 
     def _find_again(self) -> DeviceInfo:
         assert self._sd is not None
-        with _PA_LOCK:
-            devices = _input_devices(self._sd)
+        with PORTAUDIO_LOCK:
+            devices = input_devices(self._sd)
         if self.device_info is not None:
             for d in devices:
                 if d.name == self.device_info.name:
                     return d
-        return _pick(devices, self.device)
+        return pick_device(devices, self.device)
 
     def _finish(self) -> None:
         self._close_stream()

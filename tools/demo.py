@@ -41,7 +41,7 @@ def free_port(preferred: int) -> int:
 def microphone_available() -> str | None:
     """A description of the default input device, or None (no PortAudio, no device)."""
     try:
-        from capture.microphone import list_input_devices
+        from capture.devices import list_input_devices
     except ImportError:
         return None
     try:

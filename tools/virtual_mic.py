@@ -573,7 +573,7 @@ def rescan_portaudio() -> None:
     if sd is None:
         return
     try:
-        from capture.microphone import rescan_devices
+        from capture.devices import rescan_devices
     except ImportError:  # pragma: no cover - tools used outside the project
         sd._terminate()
         sd._initialize()

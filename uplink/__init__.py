@@ -15,12 +15,33 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from uplink.core import ConnectionState, Phase
     from uplink.embed import AsyncUplink, Summary, Uplink, UplinkClosed, UplinkFailed, new_stream_id
 
-__all__ = ["AsyncUplink", "Summary", "Uplink", "UplinkClosed", "UplinkFailed", "new_stream_id"]
+_HOMES = {
+    "AsyncUplink": "uplink.embed",
+    "ConnectionState": "uplink.core",
+    "Phase": "uplink.core",
+    "Summary": "uplink.embed",
+    "Uplink": "uplink.embed",
+    "UplinkClosed": "uplink.embed",
+    "UplinkFailed": "uplink.embed",
+    "new_stream_id": "uplink.embed",
+}
+__all__ = [
+    "AsyncUplink",
+    "ConnectionState",
+    "Phase",
+    "Summary",
+    "Uplink",
+    "UplinkClosed",
+    "UplinkFailed",
+    "new_stream_id",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("uplink.embed"), name)
-    raise AttributeError(f"module 'uplink' has no attribute {name!r}")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'uplink' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

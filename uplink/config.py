@@ -1,6 +1,6 @@
 """Uplink configuration: one typed place, with profiles and env/flag overrides.
 
-Profiles follow the research note's §5 table; ``live`` (the default) is tuned for live audio:
+Profiles are the table in docs/resilience.md, "Profiles"; ``live`` (the default) is tuned for live audio:
 a 0.5 s first retry and a 10 s cap, because every second of outage is a second of audio the
 ring has to hold and the server has to catch up on.
 """
@@ -112,7 +112,7 @@ PROFILES: dict[str, UplinkConfig] = {
     # a short open timeout: a breaker that holds a live stream off for 30 s costs 30 s of
     # buffer; 10 s matches the backoff cap
     "live": UplinkConfig(breaker=BreakerConfig(open_timeout=10.0)),
-    # research note §5, development column
+    # docs/resilience.md "Profiles", development column
     "development": UplinkConfig(
         buffer_seconds=60.0,
         heartbeat_interval=10.0,
@@ -121,7 +121,7 @@ PROFILES: dict[str, UplinkConfig] = {
         breaker=BreakerConfig(failure_threshold=3),
         budget=RetryBudgetConfig(max_initial_attempts=5),
     ),
-    # research note §5, production column (ack_timeout stays short: while audio flows the
+    # docs/resilience.md "Profiles", production column (ack_timeout stays short: while audio flows the
     # ack stream, not the 30 s heartbeat, is what detects a dead link)
     "production": UplinkConfig(
         buffer_seconds=300.0,

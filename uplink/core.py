@@ -524,7 +524,7 @@ class UplinkCore:
             self.backoff.reset()
         self.breaker.record_success()
 
-    # -- failure and reconnection (research note §1) -------------------------------------
+    # -- failure and reconnection (docs/resilience.md) --------------------------------------
 
     def _drop(self, error: RetriableError, now: float) -> list[Action]:
         """We decided the link is dead: close it ourselves and schedule a retry."""

@@ -125,7 +125,7 @@ class FakeClock:
 @pytest.fixture
 def fake_sd(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSD]:
     sd = FakeSD()
-    monkeypatch.setattr(micmod, "_sounddevice", lambda: sd)
+    monkeypatch.setattr(micmod, "import_sounddevice", lambda: sd)
     yield sd
 
 
