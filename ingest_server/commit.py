@@ -7,8 +7,9 @@ sync (this runs once per live stream per batch). The journal is the caller's: it
 stream's sync lock, so no other coroutine syncs, cuts or closes that journal meanwhile; it
 must not cancel the future (a worker thread may be using the journal).
 
-`SharedCommit` (default on Linux >= 5.17, `--sync-mode syncfs`): requests wait in a set; one worker
-thread runs one `sync_many` (one syncfs per file system, storage/syncfs.py) for all of them;
+`SharedCommit` (default on Linux >= 5.17, `--sync-mode syncfs`): requests wait in a set; one
+worker thread runs one `sync_many` (below: one syncfs per file system, the devices of
+storage/syncfs.py) for all of them;
 requests that arrive meanwhile ride the next batch. With N live streams that is one disk
 flush per batch instead of N (docs/performance.md "Capacity").
 
@@ -22,23 +23,92 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import ConfigError
 from .metrics import Metrics
 from .storage import Journal
-from .storage.syncfs import (
-    MIN_KERNEL,
-    SyncOutcome,
-    fsync_each,
-    fsync_one,
-    sync_many,
-    syncfs_trustworthy,
-)
+from .storage.syncfs import MIN_KERNEL, Device, syncfs_trustworthy
 
 log = logging.getLogger(__name__)
+
+
+# -- one batch: syncfs per file system, fsync where it must (runs in a worker thread) -----
+
+
+@dataclass(slots=True)
+class SyncOutcome:
+    """One journal's part in `sync_many`: durable if `error` is None; seconds it took."""
+
+    seconds: float
+    error: OSError | None = None
+
+
+def sync_many(journals: Sequence[Journal],
+              fsync_all: Callable[[Sequence[Journal]], list[SyncOutcome]] | None = None
+              ) -> list[SyncOutcome]:
+    """Make every journal durable; one outcome per journal, in order. Runs in a worker thread.
+
+    `fsync_all` runs the per-journal fsyncs (default: one after another in this thread); the
+    committer passes one that runs them in parallel in its IO pool, so a failed syncfs over
+    hundreds of journals does not stall every stream's ack for long.
+    """
+    fsync_all = fsync_all or fsync_each
+    outcomes: list[SyncOutcome | None] = [None] * len(journals)
+    alone: list[int] = []
+    groups: dict[Device, list[int]] = {}
+    for i, j in enumerate(journals):
+        if (j.broken or not j.fsync_enabled or not j.syncfs_capable
+                or j.error_generation != j.device.error_generation):
+            # broken/disabled: Journal.sync raises / returns at once; stale generation: an
+            # earlier syncfs error may have been on this journal's pages.
+            alone.append(i)
+        else:
+            groups.setdefault(j.device, []).append(i)
+    for device, members in groups.items():
+        with device.lock:
+            start = time.perf_counter()
+            try:
+                journals[members[0]].sync_filesystem()
+            except OSError as e:
+                device.error_generation += 1
+                log.warning("syncfs on %s failed (%s); fsyncing %d journals one by one",
+                            device.fstype, e, len(members))
+                for i, outcome in zip(members, fsync_all([journals[i] for i in members]),
+                                      strict=True):
+                    outcomes[i] = outcome
+                continue
+            seconds = time.perf_counter() - start
+        for i in members:
+            outcomes[i] = SyncOutcome(seconds)
+    if alone:
+        for i, outcome in zip(alone, fsync_all([journals[i] for i in alone]), strict=True):
+            outcomes[i] = outcome
+    missing = [i for i, o in enumerate(outcomes) if o is None]
+    assert not missing, f"sync_many: no outcome for journals {missing}"
+    return [o for o in outcomes if o is not None]
+
+
+def fsync_each(journals: Sequence[Journal]) -> list[SyncOutcome]:
+    return [fsync_one(j) for j in journals]
+
+
+def fsync_one(journal: Journal) -> SyncOutcome:
+    """The journal's own fsync; a success brings it up to its device's error generation."""
+    generation = journal.device.error_generation
+    try:
+        seconds = journal.sync()
+    except OSError as e:
+        return SyncOutcome(0.0, e)
+    journal.error_generation = generation
+    return SyncOutcome(seconds)
+
+
+# -- committers --------------------------------------------------------------------------
 
 
 class Committer(Protocol):

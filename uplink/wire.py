@@ -1,8 +1,9 @@
 """Protocol v1 wire format: binary item messages, JSON control messages, close codes.
 
-Pure functions and dataclasses, no I/O. Both the uplink and the ingest server use this module,
-so the two sides cannot drift apart. The normative description is docs/protocol.md; section
-numbers below refer to it.
+Pure functions and dataclasses, no I/O. This module and uplink/audio.py are the contract of
+both ends: the uplink and the ingest server both use them (the server imports nothing else
+from uplink/), so the two sides cannot drift apart. The normative description is
+docs/protocol.md; section numbers below refer to it.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ caller cuts the file back to the last *durable* position with `rollback()`, beca
 cache can no longer be trusted for anything written since. Only if a cut itself fails is the
 journal `broken` until a restart recovers it. `_write`, `_fsync`, `_syncfs` and `_truncate`
 are the only places that touch the file after opening it, so tests inject faults there.
-Cross-stream group commit (one syncfs for many journals) lives in syncfs.py.
+Cross-stream group commit (one syncfs for many journals) is ingest_server/commit.py's job.
 """
 
 from __future__ import annotations
@@ -276,8 +276,12 @@ class Journal:
         os.fsync(self._fd)
 
     def _syncfs(self) -> None:
-        """syncfs(2) on this journal's file system: every dirty file on it (syncfs.py)."""
         self.device.syncfs()
+
+    def sync_filesystem(self) -> None:
+        """syncfs(2) on this journal's file system: every dirty file on it (syncfs.py).
+        Called by group commit (commit.sync_many) under the device's lock."""
+        self._syncfs()
 
     def _truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)

@@ -1,9 +1,9 @@
-"""Cross-stream group commit: one syncfs(2) makes every dirty journal on a file system durable
-(docs/storage.md "Group commit", docs/protocol.md §4).
+"""File systems under the journals: one syncfs(2) descriptor and error generation each.
 
-Per-file fsync costs one disk flush per stream; with hundreds of live streams the flushes,
-not Python, were the server's limit (docs/performance.md). syncfs flushes the whole file
-system once for all of them.
+A leaf module (it imports nothing of the server): journals acquire their `Device` here when
+they open, and the committer (ingest_server/commit.py, which explains group commit) calls
+`Device.syncfs` through them. Per-file fsync costs one disk flush per stream; syncfs
+flushes the whole file system once for all of them (docs/performance.md "Capacity").
 
 syncfs is trusted only where it reports errors: Linux 5.8 made it report writeback errors
 (once per open descriptor, counted from that descriptor's open) and 5.17 made it return the
@@ -13,10 +13,10 @@ journal gets its own fsync instead. syncfs does not say which file failed, so:
 
 - each file system gets one long-lived descriptor (`Device`), opened before the first journal
   on it and closed after the last one, so no error after a journal was opened goes unseen;
-- when syncfs fails, every journal in the batch is fsynced on its own (fsync reports its own
-  file's errors), and the device's error generation goes up: a journal that was not in the
-  batch gets its own fsync at its next sync too, because the error syncfs consumed may have
-  been on its pages. Only journals whose own fsync then succeeds are durable;
+- when syncfs fails (commit.sync_many), every journal in the batch is fsynced on its own
+  (fsync reports its own file's errors), and the device's error generation goes up: a
+  journal that was not in the batch gets its own fsync at its next sync too, because the
+  error syncfs consumed may have been on its pages. Only journals whose own fsync then succeeds are durable;
 - a per-device lock makes syncfs, the generation bump and those fsyncs one step, even with
   several committers in one process (only one of them would see a given error).
 """
@@ -29,14 +29,7 @@ import os
 import platform
 import re
 import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -127,71 +120,3 @@ class Devices:
 
 
 DEVICES = Devices()
-
-
-@dataclass(slots=True)
-class SyncOutcome:
-    """One journal's part in `sync_many`: durable if `error` is None; seconds it took."""
-
-    seconds: float
-    error: OSError | None = None
-
-
-def sync_many(journals: Sequence[Journal],
-              fsync_all: Callable[[Sequence[Journal]], list[SyncOutcome]] | None = None
-              ) -> list[SyncOutcome]:
-    """Make every journal durable; one outcome per journal, in order. Runs in a worker thread.
-
-    `fsync_all` runs the per-journal fsyncs (default: one after another in this thread); the
-    committer passes one that runs them in parallel in its IO pool, so a failed syncfs over
-    hundreds of journals does not stall every stream's ack for long.
-    """
-    fsync_all = fsync_all or fsync_each
-    outcomes: list[SyncOutcome | None] = [None] * len(journals)
-    alone: list[int] = []
-    groups: dict[Device, list[int]] = {}
-    for i, j in enumerate(journals):
-        if (j.broken or not j.fsync_enabled or not j.syncfs_capable
-                or j.error_generation != j.device.error_generation):
-            # broken/disabled: Journal.sync raises / returns at once; stale generation: an
-            # earlier syncfs error may have been on this journal's pages.
-            alone.append(i)
-        else:
-            groups.setdefault(j.device, []).append(i)
-    for device, members in groups.items():
-        with device.lock:
-            start = time.perf_counter()
-            try:
-                journals[members[0]]._syncfs()
-            except OSError as e:
-                device.error_generation += 1
-                log.warning("syncfs on %s failed (%s); fsyncing %d journals one by one",
-                            device.fstype, e, len(members))
-                for i, outcome in zip(members, fsync_all([journals[i] for i in members]),
-                                      strict=True):
-                    outcomes[i] = outcome
-                continue
-            seconds = time.perf_counter() - start
-        for i in members:
-            outcomes[i] = SyncOutcome(seconds)
-    if alone:
-        for i, outcome in zip(alone, fsync_all([journals[i] for i in alone]), strict=True):
-            outcomes[i] = outcome
-    missing = [i for i, o in enumerate(outcomes) if o is None]
-    assert not missing, f"sync_many: no outcome for journals {missing}"
-    return [o for o in outcomes if o is not None]
-
-
-def fsync_each(journals: Sequence[Journal]) -> list[SyncOutcome]:
-    return [fsync_one(j) for j in journals]
-
-
-def fsync_one(journal: Journal) -> SyncOutcome:
-    """The journal's own fsync; a success brings it up to its device's error generation."""
-    generation = journal.device.error_generation
-    try:
-        seconds = journal.sync()
-    except OSError as e:
-        return SyncOutcome(0.0, e)
-    journal.error_generation = generation
-    return SyncOutcome(seconds)

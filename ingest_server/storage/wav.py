@@ -11,8 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from capture.wavfile import wav_header
-from uplink.audio import AudioFormat
+from uplink.audio import AudioFormat, wav_header
 
 from .journal import FILE_MAGIC, KIND_AUDIO, Position, read_records
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest_server.commit import SharedCommit
+from ingest_server.commit import SharedCommit, sync_many
 from ingest_server.metrics import Metrics
 from ingest_server.storage import Journal
-from ingest_server.storage.syncfs import Devices, filesystem_type, kernel_version, sync_many
+from ingest_server.storage.syncfs import Devices, filesystem_type, kernel_version
 from ingest_server.wsprotocol import MESSAGE_OVERHEAD, QUEUE_HIGH_BYTES, IngestWebSocketProtocol
 
 from .harness import FakeClock
