@@ -157,20 +157,29 @@ def _help(name: str) -> str:
     return f"{_HELP[name][0]} (default: {_default_text(name)})".replace("%", "%%")
 
 
-def _parse_bool(text: str) -> bool:
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """The one boolean syntax of the server's options (flags and ECHOPANEL_* variables):
+    surrounding whitespace ignored, case-insensitive, 1/true/yes/on or 0/false/no/off.
+    Anything else (the empty string too) is a ValueError; load_config prefixes it with the
+    variable's name. The client (uplink/config.py) follows the same rules."""
     low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
+    if low in TRUE_WORDS:
         return True
-    if low in ("0", "false", "no", "off"):
+    if low in FALSE_WORDS:
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise ValueError(f"not a boolean: {text!r} (use one of {'/'.join(TRUE_WORDS)} or "
+                     f"{'/'.join(FALSE_WORDS)})")
 
 
 def _converter(name: str) -> Any:
     """The parser for a field, from the type of its default (keeps the dataclass the only list)."""
     sample = getattr(ServerConfig(), name)
     if isinstance(sample, bool):
-        return _parse_bool
+        return parse_bool
     if isinstance(sample, Path):
         return Path
     return type(sample)

@@ -33,11 +33,12 @@ from uplink.wire import (
 
 from .auth import ANONYMOUS, Principal
 from .config import ServerConfig
+from .errors import ClosingError, Refusal
 from .flusher import Flusher
 from .handshake import parse_hello
 from .items import ItemRules
 from .metrics import Metrics
-from .sessions import Refusal, Registry
+from .sessions import Registry
 from .stream import Stream
 from .wsprotocol import LOCAL_CLOSE, MessageBudget, abort_callback, connection_extension
 
@@ -108,7 +109,7 @@ class Connection:
             await self._serve()
         except WireError as e:
             await self.close(e.close_code, str(e))
-        except Refusal as e:
+        except ClosingError as e:
             await self.close(e.code, e.reason)
         except asyncio.CancelledError:
             if not self._aborted:

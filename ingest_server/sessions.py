@@ -35,12 +35,15 @@ from uplink.wire import (
 from .auth import ANONYMOUS, Principal
 from .commit import Committer, PerJournalCommit
 from .config import ServerConfig
+from .errors import BadInput, Refusal, StorageUnavailable, storage_failure
 from .metrics import Metrics
 from .storage import (
+    EndReason,
     Journal,
     Position,
     Store,
     StreamMeta,
+    StreamState,
     is_valid_stream_id,
     parse_utc,
     utc_now,
@@ -55,15 +58,6 @@ EPOCH = 1  # §1: version 1 servers always issue epoch 1
 TAKEOVER_TIMEOUT = 10.0
 EXPIRY_RETRY = 30.0  # seconds before retrying an expiry whose finalization failed
 DAY = 86400.0
-
-
-class Refusal(Exception):
-    """The registry refuses a request; the connection closes with `code` (§7)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 def credential_hash(credential: str) -> str:
@@ -182,16 +176,15 @@ class Registry:
         self.open_count += 1
         async with stream.lock:
             try:
-                journal = await self._run(self.store.create, meta)
+                with storage_failure("stream creation", counts=self.metrics.storage_errors,
+                                     op="create", stream_id=sid, passthrough=(FileExistsError,)):
+                    journal = await self._run(self.store.create, meta)
             except FileExistsError:  # a directory we could not recover still holds the id
                 self._forget(stream)
                 raise Refusal(CloseCode.STREAM_CONFLICT, f"stream {sid} already exists") from None
-            except OSError as e:
+            except StorageUnavailable:
                 self._forget(stream)
-                self.metrics.storage_errors["create"] += 1
-                log.error("cannot create stream %s: %s", sid, e,
-                          extra={"ctx": {"stream_id": sid, "error": str(e)}})
-                raise Refusal(CloseCode.TRY_AGAIN_LATER, "storage failure") from e
+                raise
             stream.journal = journal
             stream.durable = journal.position
         self.metrics.streams_created += 1
@@ -208,15 +201,13 @@ class Registry:
                 raise Refusal(CloseCode.TRY_AGAIN_LATER,
                               f"too many open streams ({self.config.max_streams})")
             try:
-                meta, journal = await self._run(self.store.reopen, stream.meta)
+                with storage_failure("reopening an expired stream", op="reopen",
+                                     counts=self.metrics.storage_errors,
+                                     stream_id=stream.stream_id,
+                                     passthrough=(FileNotFoundError,)):
+                    meta, journal = await self._run(self.store.reopen, stream.meta)
             except FileNotFoundError:
                 return  # expired by a server that deleted journals: it stays finalized
-            except OSError as e:
-                errors = self.metrics.storage_errors
-                errors["reopen"] = errors.get("reopen", 0) + 1
-                log.error("cannot reopen expired stream %s: %s", stream.stream_id, e,
-                          extra={"ctx": {"stream_id": stream.stream_id, "error": str(e)}})
-                raise Refusal(CloseCode.TRY_AGAIN_LATER, "storage failure") from e
             stream.meta = meta
             stream.journal = journal
             stream.durable = journal.position
@@ -249,10 +240,12 @@ class Registry:
                     continue  # a third connection got in first: supersede it too
                 stream.owner = owner
                 try:
-                    await stream.sync()  # the welcome's next_seq must be durable (§2)
-                except OSError as e:
+                    # the welcome's next_seq must be durable (§2); a failed fsync was counted
+                    with storage_failure("fsync before the welcome", stream_id=stream.stream_id):
+                        await stream.sync()
+                except StorageUnavailable:
                     stream.owner = None
-                    raise Refusal(CloseCode.TRY_AGAIN_LATER, "storage failure") from e
+                    raise
                 return
 
     def detach(self, stream: Stream, owner: Owner) -> None:
@@ -266,13 +259,13 @@ class Registry:
     async def end(self, stream: Stream, msg: End) -> Ended:
         async with stream.lock:
             if msg.next_seq != stream.next_seq or msg.next_sample != stream.next_sample:
-                raise Refusal(
+                raise BadInput(
                     CloseCode.PROTOCOL_ERROR,
                     f"end at seq {msg.next_seq} sample {msg.next_sample}, server has "
                     f"seq {stream.next_seq} sample {stream.next_sample}",
                 )
             if not stream.finalized:
-                await self._finalize_locked(stream, "ended")
+                await self._finalize_locked(stream, EndReason.ENDED)
                 self.metrics.streams_ended += 1
             return ended_message(stream)
 
@@ -289,7 +282,7 @@ class Registry:
                 if stream.finalized or stream.owner is not None or stream.journal is None:
                     continue
                 try:
-                    await self._finalize_locked(stream, "expired")
+                    await self._finalize_locked(stream, EndReason.EXPIRED)
                 except OSError as e:
                     stream.expiry_retry_at = now + EXPIRY_RETRY
                     log.error("cannot finalize expired stream %s (retrying in %g s): %s",
@@ -330,13 +323,13 @@ class Registry:
             deleted.append(stream.stream_id)
         return deleted
 
-    async def _finalize_locked(self, stream: Stream, reason: str) -> None:
+    async def _finalize_locked(self, stream: Stream, reason: EndReason) -> None:
         async with stream.sync_lock:  # no fsync may run on the fd we are about to close
             await stream.sync_locked()
             journal = stream.journal
             if journal is None:  # journals are closed: the server is shutting down
                 raise Refusal(CloseCode.SERVICE_RESTART, "server restarting")
-            meta = replace(stream.meta, state="finalized", end_reason=reason,
+            meta = replace(stream.meta, state=StreamState.FINALIZED, end_reason=reason,
                            ended=utc_now(self.wall()), next_seq=journal.next_seq,
                            next_sample=journal.next_sample, frames=journal.frames,
                            gaps=list(journal.gaps))

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from .commit import Committer
 from .metrics import Metrics
-from .storage import Gap, Journal, Position, StreamMeta
+from .storage import Gap, Journal, Position, StreamMeta, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Stream:
 
     @property
     def finalized(self) -> bool:
-        return self.meta.state == "finalized"
+        return self.meta.state is StreamState.FINALIZED
 
     @property
     def next_seq(self) -> int:

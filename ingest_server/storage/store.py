@@ -18,6 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,20 @@ def parse_utc(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+class StreamState(StrEnum):
+    """meta.json "state" (values are the file format: docs/storage.md)."""
+
+    OPEN = "open"
+    FINALIZED = "finalized"
+
+
+class EndReason(StrEnum):
+    """meta.json "end_reason" of a finalized stream: the client's `end` (§6) or expiry (§2)."""
+
+    ENDED = "ended"
+    EXPIRED = "expired"
+
+
 @dataclass(slots=True)
 class StreamMeta:
     """meta.json. Totals and gaps are authoritative once finalized; while open the journal is."""
@@ -61,8 +76,8 @@ class StreamMeta:
     epoch: int
     credential_sha256: str
     created: str
-    state: str = "open"  # open | finalized
-    end_reason: str | None = None  # ended | expired
+    state: StreamState = StreamState.OPEN
+    end_reason: EndReason | None = None
     ended: str | None = None
     next_seq: int = 0
     next_sample: int = 0
@@ -113,8 +128,9 @@ class StreamMeta:
                 credential_sha256=str(obj["credential_sha256"]),
                 created=str(obj["created"]),
                 ended=obj.get("ended"),
-                state=str(obj["state"]),
-                end_reason=obj.get("end_reason"),
+                state=StreamState(obj["state"]),
+                end_reason=None if obj.get("end_reason") is None
+                else EndReason(obj["end_reason"]),
                 next_seq=int(obj["next_seq"]),
                 next_sample=int(obj["next_sample"]),
                 frames=int(obj["frames"]),
@@ -130,7 +146,7 @@ class StreamMeta:
 
 def is_reopenable(meta: StreamMeta) -> bool:
     """An expired stream may be continued by its credential holder; an ended one never."""
-    return meta.state == "finalized" and meta.end_reason == "expired"
+    return meta.state is StreamState.FINALIZED and meta.end_reason is EndReason.EXPIRED
 
 
 class Store:
@@ -227,7 +243,7 @@ class Store:
                 raise JournalError(
                     f"{d / JOURNAL} ends at seq {pos.next_seq} sample {pos.next_sample}, "
                     f"meta.json at seq {meta.next_seq} sample {meta.next_sample}")
-            reopened = replace(meta, state="open", end_reason=None, ended=None,
+            reopened = replace(meta, state=StreamState.OPEN, end_reason=None, ended=None,
                                reopened=meta.reopened + 1)
             self.write_meta(reopened)
         except BaseException:
@@ -287,7 +303,7 @@ class Store:
         meta = StreamMeta.from_json(json.loads((d / META).read_text()))
         if meta.stream_id != d.name:
             raise ValueError(f"meta.json names stream {meta.stream_id!r}")
-        if meta.state == "finalized":
+        if meta.state is StreamState.FINALIZED:
             if is_reopenable(meta):  # an expired stream keeps its journal (`finalize`)
                 return meta, None
             if (d / JOURNAL).exists():  # crashed between the meta commit and the unlink

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest_server.config import ConfigError, ServerConfig, load_config
+from ingest_server.config import ConfigError, ServerConfig, load_config, parse_bool
 
 
 def test_defaults_are_the_production_profile() -> None:
@@ -144,3 +144,19 @@ def test_help_shows_every_default_with_its_unit() -> None:
     assert "(default: on)" in flags["--fsync"] and "(default: ./data)" in flags["--data-dir"]
     assert "(default: 1000 messages/s)" in flags["--max-message-rate"]
     parser.format_help()  # every help string survives argparse's %-formatting
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1", True), ("true", True), (" YES ", True), ("On", True),
+    ("0", False), ("false", False), ("no", False), ("OFF", False),
+])
+def test_booleans_have_one_syntax(text: str, expected: bool) -> None:
+    assert parse_bool(text) is expected
+
+
+@pytest.mark.parametrize("text", ["", "2", "y", "enabled", "none"])
+def test_anything_else_is_an_error_naming_the_variable(text: str) -> None:
+    with pytest.raises(ValueError, match="not a boolean"):
+        parse_bool(text)
+    with pytest.raises(ConfigError, match="ECHOPANEL_PUBLIC_METRICS"):
+        load_config([], {"ECHOPANEL_PUBLIC_METRICS": text})

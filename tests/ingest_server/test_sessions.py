@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 import pytest
 
 from ingest_server.config import ServerConfig
+from ingest_server.errors import BadInput, Refusal
 from ingest_server.items import ItemRules
 from ingest_server.metrics import Metrics
-from ingest_server.sessions import Attached, Refusal, Registry
+from ingest_server.sessions import Attached, Registry
 from ingest_server.storage import Gap, Journal, Store
 from ingest_server.stream import Stream
 from uplink.audio import AudioFormat, SampleType
@@ -219,7 +220,7 @@ def test_end_checks_the_position(tmp_path: Path) -> None:
         reg = make_registry(tmp_path, FakeClock())
         a, _ = await attach(reg, "e")
         write(a.stream, 2, seed=4)
-        with pytest.raises(Refusal) as e:
+        with pytest.raises(BadInput) as e:
             await reg.end(a.stream, End(3, 3 * FRAME))
         assert e.value.code == CloseCode.PROTOCOL_ERROR and not a.stream.finalized
         assert await reg.end(a.stream, End(2, 2 * FRAME)) == Ended(2, 2 * FRAME, 0, 0)

@@ -1,0 +1,84 @@
+"""The server's errors: every way a connection can be made to close, with its close code.
+
+    Exception
+     ├── WireError (uplink/wire.py)      the client sent a malformed or illegal message; it
+     │                                   carries its own close code (1002, 1003, 1007, 1009,
+     │                                   4400, 4409); the connection core maps it
+     └── ClosingError                    the connection closes with `code` and `reason`
+          ├── BadInput                   a request the protocol forbids in this state or
+          │                              past a limit (1002 end mismatch, 1008 rate limit)
+          ├── Refusal                    the registry says no: unknown stream (4404), wrong
+          │                              credential or id taken (4409), another token's
+          │                              stream (1008), too many streams (1013), shutting
+          │                              down (1012), bad hello for this server (4400)
+          └── StorageUnavailable         storage failed under this request: 1013 "storage
+                                         failure", the client backs off, resumes, replays
+
+    OSError                              storage code raises these; `storage_failure()`
+                                         below is the one place they become
+                                         StorageUnavailable (docs/storage.md "Disk faults")
+
+Section numbers: docs/protocol.md (§7 lists the close codes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from uplink.wire import CloseCode
+
+log = logging.getLogger(__name__)
+
+STORAGE_FAILURE = "storage failure"  # the §7 reason of every 1013 a storage fault causes
+
+
+class ClosingError(Exception):
+    """The connection closes with `code` and `reason` (§7); the reason goes on the wire."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class BadInput(ClosingError):
+    """The client asked for something the protocol forbids here."""
+
+
+class Refusal(ClosingError):
+    """The registry refuses a request (the stream, its credential, the server's limits)."""
+
+
+Refused = Refusal
+
+
+class StorageUnavailable(ClosingError):
+    """A storage operation failed: 1013, so the client retries later (§7)."""
+
+    def __init__(self, reason: str = STORAGE_FAILURE) -> None:
+        super().__init__(CloseCode.TRY_AGAIN_LATER, reason)
+
+
+@contextmanager
+def storage_failure(what: str, *, counts: dict[str, int] | None = None, op: str | None = None,
+                    stream_id: str | None = None,
+                    passthrough: tuple[type[OSError], ...] = ()) -> Iterator[None]:
+    """Turn an OSError from a storage call into StorageUnavailable (1013), keeping the cause.
+
+    `what` names the operation in the log line ("journal write", "finalization"); `op`, if
+    given, is counted in `counts` (Metrics.storage_errors) — leave it out where the storage
+    layer counted already. `passthrough` lists OSErrors the caller handles itself (a stream
+    directory that already exists is a conflict, not a fault).
+    """
+    try:
+        yield
+    except passthrough:
+        raise
+    except OSError as e:
+        if op is not None and counts is not None:
+            counts[op] = counts.get(op, 0) + 1
+        log.error("%s failed%s: %s", what, f" for stream {stream_id}" if stream_id else "", e,
+                  extra={"ctx": {"stream_id": stream_id, "error": str(e)}})
+        raise StorageUnavailable() from e
