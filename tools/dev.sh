@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
-DEB_PACKAGES=(libportaudio2 pulseaudio pulseaudio-utils alsa-utils libasound2-plugins espeak-ng sox)
+DEB_PACKAGES=(libportaudio2 pulseaudio pulseaudio-utils alsa-utils libasound2-plugins espeak-ng sox dbus-daemon dbus-session-bus-common)
 
 log() { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
 
