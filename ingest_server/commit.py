@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from .config import ConfigError
 from .metrics import Metrics
 from .storage import Journal
+from .storage.interface import Committer
 from .storage.syncfs import MIN_KERNEL, Device, syncfs_trustworthy
 
 log = logging.getLogger(__name__)
@@ -109,12 +110,6 @@ def fsync_one(journal: Journal) -> SyncOutcome:
 
 
 # -- committers --------------------------------------------------------------------------
-
-
-class Committer(Protocol):
-    def submit(self, journal: Journal) -> asyncio.Future[Any]: ...
-
-    def close(self) -> None: ...
 
 
 class PerJournalCommit:

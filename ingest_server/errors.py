@@ -14,7 +14,7 @@
           └── StorageUnavailable         storage failed under this request: 1013 "storage
                                          failure", the client backs off, resumes, replays
 
-    OSError                              storage code raises these; `storage_failure()`
+    OSError                              storage code raises these; `storage_failure`
                                          below is the one place they become
                                          StorageUnavailable (docs/storage.md "Disk faults")
 
@@ -24,8 +24,7 @@ Section numbers: docs/protocol.md (§7 lists the close codes).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 from uplink.wire import CloseCode
 
@@ -61,24 +60,42 @@ class StorageUnavailable(ClosingError):
         super().__init__(CloseCode.TRY_AGAIN_LATER, reason)
 
 
-@contextmanager
-def storage_failure(what: str, *, counts: dict[str, int] | None = None, op: str | None = None,
-                    stream_id: str | None = None,
-                    passthrough: tuple[type[OSError], ...] = ()) -> Iterator[None]:
-    """Turn an OSError from a storage call into StorageUnavailable (1013), keeping the cause.
+class StorageGuard:
+    """`with guard:` turns an OSError from a storage call into StorageUnavailable (1013),
+    keeping the cause: the one place that mapping happens. Reusable, so the per-item write
+    path makes one per connection and allocates nothing per message.
 
     `what` names the operation in the log line ("journal write", "finalization"); `op`, if
-    given, is counted in `counts` (Metrics.storage_errors) — leave it out where the storage
+    given, is counted in `counts` (Metrics.storage_errors); leave it out where the storage
     layer counted already. `passthrough` lists OSErrors the caller handles itself (a stream
     directory that already exists is a conflict, not a fault).
     """
-    try:
-        yield
-    except passthrough:
-        raise
-    except OSError as e:
-        if op is not None and counts is not None:
-            counts[op] = counts.get(op, 0) + 1
-        log.error("%s failed%s: %s", what, f" for stream {stream_id}" if stream_id else "", e,
-                  extra={"ctx": {"stream_id": stream_id, "error": str(e)}})
-        raise StorageUnavailable() from e
+
+    __slots__ = ("counts", "op", "passthrough", "stream_id", "what")
+
+    def __init__(self, what: str, *, counts: dict[str, int] | None = None,
+                 op: str | None = None, stream_id: str | None = None,
+                 passthrough: tuple[type[OSError], ...] = ()) -> None:
+        self.what = what
+        self.counts = counts
+        self.op = op
+        self.stream_id = stream_id
+        self.passthrough = passthrough
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if error is None or not isinstance(error, OSError) \
+                or isinstance(error, self.passthrough):
+            return
+        if self.op is not None and self.counts is not None:
+            self.counts[self.op] = self.counts.get(self.op, 0) + 1
+        sid = self.stream_id
+        log.error("%s failed%s: %s", self.what, f" for stream {sid}" if sid else "", error,
+                  extra={"ctx": {"stream_id": sid, "error": str(error)}})
+        raise StorageUnavailable() from error
+
+
+storage_failure = StorageGuard  # `with storage_failure("stream creation", ...):` at a call

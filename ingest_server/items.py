@@ -21,8 +21,9 @@ from uplink.wire import (
 
 from .config import ServerConfig
 from .metrics import Metrics
-from .storage import Journal, StreamMeta, max_wav_samples
+from .storage.interface import StreamMeta, StreamWriter
 from .storage.journal import RECORD_HEADER_SIZE
+from .storage.wav import max_wav_samples
 
 
 class ItemRules:
@@ -61,7 +62,7 @@ class ItemRules:
                    max_samples=min(int(config.max_stream_seconds * fmt.sample_rate),
                                    max_wav_samples(fmt)))
 
-    def apply(self, journal: Journal, data: bytes) -> bool:
+    def apply(self, journal: StreamWriter, data: bytes) -> bool:
         """Append what `data` adds to the stream. True if written, False for a duplicate."""
         m = self.metrics
         m.items_received += 1

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from uplink.wire import (
-    HEADER_SIZE,
     MAX_ENDED_GAPS,
     STREAM_ID_PATTERN,
     CloseCode,
@@ -33,20 +32,19 @@ from uplink.wire import (
 )
 
 from .auth import ANONYMOUS, Principal
-from .commit import Committer, PerJournalCommit
+from .commit import PerJournalCommit
 from .config import ServerConfig
 from .errors import BadInput, Refusal, StorageUnavailable, storage_failure
 from .metrics import Metrics
-from .storage import (
+from .storage import is_valid_stream_id, parse_utc, utc_now
+from .storage.interface import (
+    Committer,
     EndReason,
-    Journal,
     Position,
-    Store,
     StreamMeta,
     StreamState,
-    is_valid_stream_id,
-    parse_utc,
-    utc_now,
+    StreamStorage,
+    StreamWriter,
 )
 from .storage.store import is_reopenable
 from .stream import Owner, Stream
@@ -80,7 +78,7 @@ class Attached:
 
 
 class Registry:
-    def __init__(self, store: Store, config: ServerConfig, *,
+    def __init__(self, store: StreamStorage, config: ServerConfig, *,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  executor: Executor | None = None, metrics: Metrics | None = None,
@@ -99,7 +97,7 @@ class Registry:
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _stream(self, meta: StreamMeta, journal: Journal | None, idle_since: float) -> Stream:
+    def _stream(self, meta: StreamMeta, journal: StreamWriter | None, idle_since: float) -> Stream:
         return Stream(meta, journal, self.committer, idle_since, self.metrics)
 
     def recover(self) -> None:
@@ -116,20 +114,12 @@ class Registry:
                      ) -> Attached:
         if self.shutting_down:
             raise Refusal(CloseCode.SERVICE_RESTART, "server shutting down")
-        sid = hello.stream_id
+        # The connection core admitted the hello (core.check_hello, §2, §5). The id is
+        # checked again here because it becomes a directory name (docs/storage.md).
+        sid, fmt = hello.stream_id, hello.format
         if not is_valid_stream_id(sid):
             raise Refusal(CloseCode.BAD_HANDSHAKE,
                           f"invalid stream id: it must match {STREAM_ID_PATTERN}")
-        fmt, cfg = hello.format, self.config
-        if hello.frame_samples > fmt.sample_rate * cfg.max_frame_seconds:
-            raise Refusal(CloseCode.BAD_HANDSHAKE,
-                          f"frame_samples over {cfg.max_frame_seconds:g} s of audio")
-        if HEADER_SIZE + hello.frame_samples * fmt.block_align > cfg.max_message_bytes:
-            raise Refusal(CloseCode.BAD_HANDSHAKE, "one frame would exceed max_message_bytes")
-        # §5: live streaming sends one message per frame; it must fit in half the rate limit.
-        if fmt.sample_rate / hello.frame_samples > cfg.max_message_rate / 2:
-            raise Refusal(CloseCode.BAD_HANDSHAKE,
-                          f"frames too short: at most {cfg.max_message_rate / 2:g} frames/s")
         if hello.resume is None:
             return await self._create(hello, owner, principal)
 

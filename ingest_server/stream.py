@@ -14,9 +14,15 @@ import contextlib
 import logging
 from typing import Protocol
 
-from .commit import Committer
 from .metrics import Metrics
-from .storage import Gap, Journal, Position, StreamMeta, StreamState
+from .storage.interface import (
+    Committer,
+    Gap,
+    Position,
+    StreamMeta,
+    StreamState,
+    StreamWriter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,7 @@ class Owner(Protocol):
 
 
 class Stream:
-    def __init__(self, meta: StreamMeta, journal: Journal | None, committer: Committer,
+    def __init__(self, meta: StreamMeta, journal: StreamWriter | None, committer: Committer,
                  idle_since: float, metrics: Metrics) -> None:
         self.meta = meta
         self.journal = journal  # None once finalized (or while being created)
@@ -115,7 +121,7 @@ class Stream:
         self.durable = target
         return True
 
-    def _sync_failed(self, journal: Journal, error: OSError) -> None:
+    def _sync_failed(self, journal: StreamWriter, error: OSError) -> None:
         self._metrics.storage_errors["fsync"] += 1
         # No await between here and the caller's reaction (the owner closes with 1013), so
         # nothing is appended on top of the cut: the client replays from `durable`.

@@ -19,7 +19,7 @@ nor the app's rate limit ever saw those frames. So:
 - a PING arriving while the write buffer is over its high-water mark (the peer is not
   reading) pauses reading until the buffer drains: queued pongs are bounded like data;
 - PING, PONG and continuation frames each take one message from the connection's rate
-  limit (MessageBudget, shared with connection.py, which takes one per complete message);
+  limit (core.MessageBudget, shared with the connection core, which takes one per message);
   past it the connection is failed with 1008 and dropped;
 - fragments are assembled in one growing buffer, not kept as one object each (a 1 MiB
   message in 2-byte fragments cost 27 MB as a list).
@@ -57,6 +57,8 @@ from websockets.frames import Frame
 
 from uplink.wire import CloseCode
 
+from .core import MessageBudget
+
 QUEUE_HIGH_BYTES = 256 * 1024
 # asyncio reads up to 256 KiB per recv(). Buffers that large make glibc raise its mmap
 # threshold and then serve them from the heap between long-lived blocks; after each replay
@@ -72,41 +74,6 @@ WS_PROTOCOL = "ingest_server.wsprotocol:IngestWebSocketProtocol"  # for uvicorn.
 EXTENSION = "echopanel.connection"
 # A disconnect event we generated ourselves (not the peer's close) carries this key.
 LOCAL_CLOSE = "echopanel.local_close"
-DEFAULT_RATE = 1000.0  # ServerConfig's defaults, until the app configures the budget
-DEFAULT_BURST = 2000
-
-
-class MessageBudget:
-    """The §5 message rate limit of one connection: a token bucket of `burst` messages,
-    refilled at `rate` per second. The app takes one per message, the protocol one per
-    control or continuation frame, so a flood of any kind of frame meets the same limit."""
-
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST,
-                 now: float = 0.0) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.last = now
-
-    def configure(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens = min(self.tokens, self.burst)
-
-    def take(self, now: float) -> bool:
-        """One message at `now` (loop time). False: over the limit, nothing taken."""
-        tokens = self.tokens + (now - self.last) * self.rate
-        if tokens > self.burst:
-            tokens = self.burst
-        self.last = now
-        if tokens < 1.0:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - 1.0
-        return True
-
-
 def connection_extension(scope: Mapping[str, Any]) -> dict[str, Any] | None:
     ext: Any = (scope.get("extensions") or {}).get(EXTENSION)
     return ext if isinstance(ext, dict) else None

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest_server.handshake import parse_hello
+from ingest_server.core import parse_hello
 from ingest_server.items import ItemRules
 from ingest_server.metrics import Metrics
 from ingest_server.storage import Journal
@@ -88,7 +88,7 @@ def test_audio_frame_bytes_raises_only_wire_error(count: int, payload_len: int,
 @given(st.one_of(st.text(max_size=2 * MAX_CONTROL_BYTES), st.binary(max_size=512)))
 def test_decode_control_raises_only_wire_error(text: str | bytes) -> None:
     refused(decode_control, text)
-    refused(parse_hello, {"type": "websocket.receive", "text": text})
+    refused(parse_hello, text)
 
 
 json_values = st.recursive(
@@ -119,7 +119,7 @@ def test_hello_with_any_field_values(protocol: int, sid: str, frame_samples: Any
                                      fmt: dict[str, Any], resume: Any) -> None:
     text = json.dumps({"type": "hello", "protocol": protocol, "stream_id": sid,
                        "format": fmt, "frame_samples": frame_samples, "resume": resume})
-    refused(parse_hello, {"type": "websocket.receive", "text": text})
+    refused(parse_hello, text)
 
 
 # -- the server's item parser, over a real journal -------------------------------------------

@@ -196,7 +196,7 @@ def test_handshake_refusals(tmp_path: Path) -> None:
         assert await code_of(Hello("taken", other, FRAME, good)) == CloseCode.BAD_HANDSHAKE
         assert await code_of(Hello("taken", FMT, 160, good)) == CloseCode.BAD_HANDSHAKE
         assert await code_of(Hello("a..b", FMT, FRAME)) == CloseCode.BAD_HANDSHAKE
-        assert await code_of(Hello("long", FMT, 16001)) == CloseCode.BAD_HANDSHAKE  # > 1 s
+        # frame sizes and rates are the connection core's checks (test_core.py)
         assert not owner.superseded  # refused handshakes never disturb the live connection
 
     run(scenario())

@@ -1,0 +1,92 @@
+"""What the server needs from storage: the contract a storage backend implements.
+
+The connection core (ingest_server/core.py) and its adapter (connection.py) know only these
+protocols; the registry (sessions.py) and the per-stream group commit (stream.py) call them.
+The first implementation is the local one: a journal per stream (storage/journal.py), the
+stream directories and meta.json (storage/store.py), WAV export (storage/wav.py), and group
+commit over fsync or syncfs (ingest_server/commit.py, whose docstring explains group
+commit). A second backend (a replicated log, for one) implements the same three protocols;
+core.py and connection.py do not change.
+
+    StreamStorage.create / reopen / recover   open or resume a stream   → StreamWriter
+    StreamWriter.append_audio / append_gap    append items (in order, no fsync; §3)
+    Committer.submit(writer)                  make everything appended so far durable,
+                                              answered by a future (§4: acks wait on it)
+    StreamWriter.rollback(durable)            after a failed sync: forget what it covered
+    StreamStorage.open_wav(meta, upto)        read durable audio (REST, live listeners)
+    StreamStorage.finalize / delete           §6 end, expiry; retention
+
+Data types (`Position`, `Gap`, `StreamMeta`, `StreamState`, `EndReason`) are shared by
+every backend; they are defined next to the local implementation and re-exported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from .journal import Gap, Position
+from .store import EndReason, StreamMeta, StreamState
+
+
+class StreamWriter(Protocol):
+    """An open stream's append side. Not thread-safe: the event loop appends; only the
+    committer's sync may run elsewhere meanwhile."""
+
+    next_seq: int
+    next_sample: int
+    frames: int
+    gaps: list[Gap]
+
+    @property
+    def position(self) -> Position: ...
+
+    def append_audio(self, seq: int, count: int, sample_pos: int, nsamples: int,
+                     payload: bytes | memoryview) -> None: ...
+
+    def append_gap(self, seq: int, count: int, start_sample: int, end_sample: int) -> None: ...
+
+    def rollback(self, to: Position) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Committer(Protocol):
+    """Durability: `submit(writer)` completes once everything appended to `writer` before
+    the call is durable, or fails with the OSError that made it fail. The caller holds the
+    stream's sync lock (no other sync, cut or close of that writer meanwhile) and must not
+    cancel the future."""
+
+    def submit(self, writer: Any) -> asyncio.Future[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class DurableAudio(Protocol):
+    """A range of durable audio as WAV bytes, read lazily; close() frees it."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class StreamStorage(Protocol):
+    """Streams as a whole. Calls block (the registry runs them in its IO threads). A
+    `writer` argument is one this storage returned (hence `Any`: each backend takes its own)."""
+
+    def create(self, meta: StreamMeta) -> StreamWriter: ...
+
+    def reopen(self, meta: StreamMeta) -> tuple[StreamMeta, StreamWriter]: ...
+
+    def finalize(self, meta: StreamMeta, writer: Any) -> None: ...
+
+    def delete(self, stream_id: str) -> None: ...
+
+    def recover(self) -> Sequence[tuple[StreamMeta, StreamWriter | None]]: ...
+
+    def open_wav(self, meta: StreamMeta, upto: Position) -> DurableAudio: ...
+
+
+__all__ = ["Committer", "DurableAudio", "EndReason", "Gap", "Position", "StreamMeta",
+           "StreamState", "StreamStorage", "StreamWriter"]
