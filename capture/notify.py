@@ -5,8 +5,9 @@ notification tells them what they would otherwise miss (docs/notifications.md):
 
 - **connection lost**: only once the link has been down longer than `down_threshold`
   (5 s), so a blip the uplink rides out (docs/resilience.md) costs nobody's attention;
-- **connection restored**: only after a "lost" was shown, with how long it was down and
-  whether the ring dropped audio meanwhile;
+- **connection restored**: only after a "lost" was shown, `restore_settle` (1 s) after the
+  reconnect, with how long it was down and how much audio the outage cost (the server's
+  ack of the gap it left);
 - **gave up**: the reason and what was kept (capture/undelivered.py);
 - **audio dropped**: seconds the server recorded as gaps that no other notice announced;
 - **microphone lost / back**: from the microphone's `on_event` messages.
@@ -36,7 +37,7 @@ import os
 import re
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, IntEnum, StrEnum
@@ -108,10 +109,13 @@ class NoticeRules:
     down_threshold: float = 5.0
     #: at most one notice of a kind per this many seconds
     throttle: float = 30.0
+    #: "restored" waits this long after the reconnect, for the ack of the gap the outage
+    #: left (if any) to arrive, so one notice says both; a link down again by then needs none
+    restore_settle: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.down_threshold < 0 or self.throttle < 0:
-            raise ValueError("down_threshold and throttle must not be negative")
+        if min(self.down_threshold, self.throttle, self.restore_settle) < 0:
+            raise ValueError("down_threshold, throttle and restore_settle must not be negative")
 
 
 # -- the microphone's messages --------------------------------------------------------------
@@ -192,26 +196,29 @@ class NoticePolicy:
 
     The connection and the microphone are each a small state machine of "what is true"
     versus "what the desktop last showed"; `tick` sends the notice that makes the two
-    agree, unless that kind's throttle window is still open — then `next_deadline` is the
-    window's end, and the notice is decided afresh then, against whatever is true by then.
-    Every input first runs the deadlines that passed before it happened, so a late worker
-    tells the same story as a punctual one.
+    agree once it is due (the link down past the threshold; back for `restore_settle`)
+    and its kind's throttle window is closed. A notice held back is decided afresh when it
+    falls due, against whatever is true by then. Every input first runs the deadlines that
+    passed before it happened, so a late worker tells the same story as a punctual one.
+
+    What an outage cost is known only from the server's gap acks (the ring counts a drop
+    once the server recorded it, uplink/ring.py); the uplink sends the GAP first after a
+    reconnect (docs/protocol.md §8), so its ack normally lands within the settle time and
+    "restored" can say it. Gaps acked while the desktop shows "lost" are told by the
+    "restored" notice; any other gap that no notice announced is an "audio dropped".
     """
 
-    def __init__(self, rules: NoticeRules, sample_rate: int,
-                 dropped_samples: Callable[[], int] | None = None) -> None:
+    def __init__(self, rules: NoticeRules, sample_rate: int) -> None:
         self.rules = rules
         self.sample_rate = sample_rate
-        #: samples the ring has dropped so far (RingBuffer.stats().samples_dropped): lets
-        #: "restored" say what the outage cost before the server's gap acks arrive
-        self.dropped_samples = dropped_samples
         self._ever_connected = False
         self._down_since: float | None = None  # the link left "connected" (or never got there)
+        self._up_since: float | None = None
         self._down_reason = ""
-        self._drop_baseline = 0
+        self._last_down_for = 0.0
         self._shown_down = False  # the desktop's last connection notice said "lost"
         self._outage_shown = False  # this outage had its "lost" notice
-        self._last_outage = (0.0, 0)  # (seconds down, samples dropped)
+        self._outage_loss = 0  # gap samples acked while the desktop showed "lost"
         self._link_final = False
         self._mic_down = False
         self._mic_detail = ""
@@ -220,9 +227,9 @@ class NoticePolicy:
         self._mic_loss_shown = True
         self._pending_drop_samples = 0
         self._pending_drops = 0
-        #: gap samples a sent notice already announced, per reason: the server's gap acks
-        #: that follow are absorbed instead of told twice
-        self._announced: Counter[GapReason] = Counter()
+        #: source-gap samples a "microphone back" already announced: the server's gap ack
+        #: that follows is absorbed instead of told twice
+        self._announced_source = 0
         self._last_sent: dict[NoticeKind, float] = {}
         self._unshown = _Unshown()
         self._finished = False
@@ -236,19 +243,20 @@ class NoticePolicy:
         phase = state.phase
         if phase is Phase.CONNECTED:
             self._ever_connected = True
+            self._up_since = now
             if self._down_since is not None:
                 self._end_outage(now)
         elif phase in _DOWN_PHASES and not self._link_final:
+            self._up_since = None
             if self._down_since is None:
                 self._down_since = now
                 self._outage_shown = False
-                self._drop_baseline = self._dropped()
             if state.reason:
                 self._down_reason = state.reason
         elif phase.final:
             # DONE needs nothing; FAILED is told by finished(), which knows what was kept
             self._link_final = True
-            self._down_since = None
+            self._down_since = self._up_since = None
         return notices + self.tick(now)
 
     def gap(self, samples: int, reason: GapReason, now: float) -> list[Notice]:
@@ -256,10 +264,14 @@ class NoticePolicy:
         notices = self.tick(now)
         if self._finished or samples <= 0:
             return notices
-        absorbed = min(samples, self._announced[reason])
-        self._announced[reason] -= absorbed
-        if samples > absorbed:
-            self._pending_drop_samples += samples - absorbed
+        if reason is GapReason.SOURCE:
+            absorbed = min(samples, self._announced_source)
+            self._announced_source -= absorbed
+            samples -= absorbed
+        if samples and self._shown_down:
+            self._outage_loss += samples
+        elif samples:
+            self._pending_drop_samples += samples
             self._pending_drops += 1
         return notices + self.tick(now)
 
@@ -283,90 +295,83 @@ class NoticePolicy:
 
     def finished(self, ok: bool, reason: str, kept: str | None, undelivered_seconds: float,
                  now: float) -> list[Notice]:
-        """The run is over (after the CLI kept the undelivered audio). A failure is told at
-        once, past any throttle: it is the last thing this capture will say."""
+        """The run is over (after the CLI kept the undelivered audio). Told at once, past
+        any throttle, as the last things this capture says: audio dropped that no notice
+        told yet, and a failure with what was kept."""
         notices = self.tick(now)
         if self._finished:
             return notices
         self._link_final = True
-        self._down_since = None
+        self._down_since = self._up_since = None
+        if ok and self._shown_down:
+            # delivered in the end, so back before the settle time ran out: say so now
+            notices.append(self._send(self._build(NoticeKind.CONNECTION_RESTORED, now), now))
+        if self._outage_loss:
+            self._pending_drop_samples += self._outage_loss
+            self._pending_drops += 1
+            self._outage_loss = 0
         if self._pending_drop_samples:
             notices.append(self._send(self._drop_notice(), now))
         if not ok:
             if undelivered_seconds > 0 and kept:
-                what = f"{undelivered_seconds:.1f} s of audio not delivered, kept in {kept}"
+                what = f"{undelivered_seconds:.1f} s of audio not delivered, kept in {kept}."
             elif undelivered_seconds > 0:
-                what = f"{undelivered_seconds:.1f} s of audio not delivered and not kept"
+                what = f"{undelivered_seconds:.1f} s of audio not delivered and not kept."
             else:
-                what = "Everything captured was delivered"
+                what = "Everything captured was delivered."
             notices.append(self._send(Notice(NoticeKind.GAVE_UP, "Audio upload gave up",
-                                             f"{reason}. {what}.", Urgency.CRITICAL), now))
+                                             f"{_sentence(reason)} {what}", Urgency.CRITICAL), now))
         self._finished = True
         return notices
 
     # -- time -----------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When tick() may have something to send: the down threshold, or the end of a
-        throttle window holding a notice back. After a tick, always in the future."""
-        deadlines = []
-        if self._down_since is not None and not self._shown_down and not self._finished:
-            deadlines.append(max(self._down_since + self.rules.down_threshold,
-                                 self._window_end(NoticeKind.CONNECTION_LOST)))
-        for kind in self._wanted(None):
-            deadlines.append(self._window_end(kind))
+        """When tick() may have something to send: a notice falling due (the threshold, the
+        settle time) or a throttle window closing on one. After a tick, in the future."""
+        deadlines = [max(due, self._window_end(kind)) for kind, due in self._candidates()]
         return min(deadlines) if deadlines else None
 
     def tick(self, now: float) -> list[Notice]:
-        if self._finished:
-            return []
         return [self._send(self._build(kind, now), now)
-                for kind in self._wanted(now) if not self._throttled(kind, now)]
+                for kind, due in self._candidates()
+                if due <= now and self._window_end(kind) <= now]
 
     # -- internals ------------------------------------------------------------------------
 
-    def _dropped(self) -> int:
-        return self.dropped_samples() if self.dropped_samples is not None else 0
-
-    def _down_past_threshold(self, now: float) -> bool:
-        return self._down_since is not None and now - self._down_since >= self.rules.down_threshold
-
-    def _wanted(self, now: float | None) -> list[NoticeKind]:
-        """The notices that would make the desktop agree with what is true (now None: all
-        but "lost", whose deadline next_deadline() works out itself)."""
-        wanted: list[NoticeKind] = []
+    def _candidates(self) -> list[tuple[NoticeKind, float]]:
+        """The notices that would make the desktop agree with what is true, each with the
+        time it falls due."""
+        wanted: list[tuple[NoticeKind, float]] = []
         if self._finished:
             return wanted
         if not self._shown_down:
-            if now is not None and self._down_past_threshold(now):
-                wanted.append(NoticeKind.CONNECTION_LOST)
-        elif self._down_since is None and not self._link_final:
-            wanted.append(NoticeKind.CONNECTION_RESTORED)
+            if self._down_since is not None:
+                wanted.append((NoticeKind.CONNECTION_LOST,
+                               self._down_since + self.rules.down_threshold))
+        elif self._up_since is not None:
+            wanted.append((NoticeKind.CONNECTION_RESTORED,
+                           self._up_since + self.rules.restore_settle))
         if self._mic_down and not self._shown_mic_down:
-            wanted.append(NoticeKind.MICROPHONE_LOST)
+            wanted.append((NoticeKind.MICROPHONE_LOST, float("-inf")))
         elif not self._mic_down and self._shown_mic_down:
-            wanted.append(NoticeKind.MICROPHONE_BACK)
+            wanted.append((NoticeKind.MICROPHONE_BACK, float("-inf")))
         if self._pending_drop_samples:
-            wanted.append(NoticeKind.AUDIO_DROPPED)
+            wanted.append((NoticeKind.AUDIO_DROPPED, float("-inf")))
         return wanted
 
     def _window_end(self, kind: NoticeKind) -> float:
         last = self._last_sent.get(kind)
         return float("-inf") if last is None else last + self.rules.throttle
 
-    def _throttled(self, kind: NoticeKind, now: float) -> bool:
-        last = self._last_sent.get(kind)
-        return last is not None and now - last < self.rules.throttle
-
     def _end_outage(self, now: float) -> None:
         assert self._down_since is not None
         down_for = now - self._down_since
-        lost = max(0, self._dropped() - self._drop_baseline)
-        if self._down_past_threshold(now) and not self._outage_shown:
+        if down_for >= self.rules.down_threshold and not self._outage_shown:
             self._unshown.connection_losses += 1
             self._unshown.down_seconds += down_for
             self._unshown.add(now)
-        self._last_outage = (down_for, lost)
+        self._last_down_for = down_for
         self._down_since = None
 
     def _build(self, kind: NoticeKind, now: float) -> Notice:
@@ -375,27 +380,24 @@ class NoticePolicy:
                 assert self._down_since is not None
                 title = "Connection lost" if self._ever_connected else "Cannot reach the server"
                 why = f": {self._down_reason}" if self._down_reason else ""
-                body = (f"Down for {now - self._down_since:.0f} s{why}. Audio is buffered and "
-                        "will be sent when the link is back.")
+                body = (f"Down for {_duration(now - self._down_since)}{_sentence(why)} "
+                        "Audio is buffered and will be sent when the link is back.")
                 return Notice(kind, title, body, Urgency.NORMAL)
             case NoticeKind.CONNECTION_RESTORED:
-                down_for, lost = self._last_outage
-                body = f"Down for {down_for:.0f} s"
-                if lost:
-                    self._announced[GapReason.BUFFER_OVERFLOW] += lost
-                    body += (f"; {lost / self.sample_rate:.1f} s of audio dropped (the buffer was "
-                             "full), recorded as a gap.")
-                elif self.dropped_samples is not None:
-                    body += "; no audio lost."
+                body = f"Down for {_duration(self._last_down_for)}; "
+                if self._outage_loss:
+                    body += (f"{self._outage_loss / self.sample_rate:.1f} s of audio dropped (the "
+                             "buffer was full), recorded as a gap.")
+                    self._outage_loss = 0
                 else:
-                    body += "."
+                    body += "no audio lost so far."
                 return Notice(kind, "Connection restored", body, Urgency.LOW)
             case NoticeKind.MICROPHONE_LOST:
                 self._mic_loss_shown = True
-                return Notice(kind, "Microphone lost", self._mic_detail + ".", Urgency.NORMAL)
+                return Notice(kind, "Microphone lost", _sentence(self._mic_detail), Urgency.NORMAL)
             case NoticeKind.MICROPHONE_BACK:
                 gap = self._mic_gap_samples
-                self._announced[GapReason.SOURCE] += gap
+                self._announced_source += gap
                 return Notice(kind, "Microphone back",
                               f"{self._mic_detail}; {gap / self.sample_rate:.1f} s of audio "
                               "missing, recorded as a gap.", Urgency.LOW)
@@ -428,6 +430,21 @@ class NoticePolicy:
         if summary:
             notice = Notice(notice.kind, notice.summary, f"{notice.body}\n{summary}", notice.urgency)
         return notice
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s"
+
+
+def _sentence(text: str) -> str:
+    """`text` ending in one full stop (reasons may end in "?" or "." already)."""
+    text = text.rstrip()
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 # -- delivery -------------------------------------------------------------------------------
@@ -632,7 +649,6 @@ def session_bus_address(environ: Mapping[str, str]) -> str | None:
 
 
 def build_notifier(enabled: bool | None, *, microphone: bool, sample_rate: int,
-                   dropped_samples: Callable[[], int] | None = None,
                    environ: Mapping[str, str] | None = None,
                    rules: NoticeRules | None = None,
                    clock: Callable[[], float] = time.monotonic) -> Notifier | None:
@@ -647,7 +663,7 @@ def build_notifier(enabled: bool | None, *, microphone: bool, sample_rate: int,
             log.info("--notify: no D-Bus session bus (%s is not set); notifications off",
                      SESSION_BUS_VARIABLE)
         return None
-    policy = NoticePolicy(rules or NoticeRules(), sample_rate, dropped_samples)
+    policy = NoticePolicy(rules or NoticeRules(), sample_rate)
     notifier = Notifier(DbusNotifications(address), policy, clock=clock)
     notifier.start()
     return notifier

@@ -50,9 +50,9 @@ class FakeClock:
 class Driver:
     """Runs a NoticePolicy as the notifier's worker would: every deadline on time."""
 
-    def __init__(self, dropped: list[int] | None = None) -> None:
-        probe = (lambda: dropped[0]) if dropped is not None else None
-        self.policy = NoticePolicy(NoticeRules(down_threshold=5.0, throttle=30.0), RATE, probe)
+    def __init__(self) -> None:
+        self.policy = NoticePolicy(NoticeRules(down_threshold=5.0, throttle=30.0,
+                                               restore_settle=1.0), RATE)
         self.now = 0.0
         self.sent: list[tuple[float, Notice]] = []
 
@@ -78,7 +78,7 @@ class Driver:
 
 
 def test_a_blip_shorter_than_the_threshold_is_not_told() -> None:
-    d = Driver([0])
+    d = Driver()
     d.at(0, "state", CONNECTING)
     d.at(0.5, "state", CONNECTED)
     d.at(10, "state", reconnecting())
@@ -88,7 +88,7 @@ def test_a_blip_shorter_than_the_threshold_is_not_told() -> None:
 
 
 def test_lost_after_the_threshold_then_restored_with_the_downtime() -> None:
-    d = Driver([0])
+    d = Driver()
     d.at(0, "state", CONNECTED)
     d.at(10, "state", reconnecting("no ack for 4.0 s"))
     d.at(11, "state", CONNECTING)
@@ -97,11 +97,13 @@ def test_lost_after_the_threshold_then_restored_with_the_downtime() -> None:
     assert [(t, n.kind) for t, n in d.sent] == [(15.0, NoticeKind.CONNECTION_LOST)]
     lost = d.sent[0][1]
     assert lost.summary == "Connection lost"
-    assert "connection refused" in lost.body
+    assert lost.body == ("Down for 5.0 s: connection refused. Audio is buffered and will be sent "
+                         "when the link is back.")
     d.at(22.5, "state", CONNECTED)
-    assert d.kinds() == [NoticeKind.CONNECTION_LOST, NoticeKind.CONNECTION_RESTORED]
+    d.advance_to(40)
+    assert [(t, n.kind) for t, n in d.sent][1] == (23.5, NoticeKind.CONNECTION_RESTORED)
     restored = d.sent[1][1]
-    assert restored.body.startswith("Down for 12 s; no audio lost")
+    assert restored.body == "Down for 12 s; no audio lost so far."
     assert restored.urgency is Urgency.LOW
 
 
@@ -114,7 +116,7 @@ def test_never_connected_says_cannot_reach_the_server() -> None:
 
 
 def test_a_flapping_minute_is_two_notices_not_twenty_and_ends_true() -> None:
-    d = Driver([0])
+    d = Driver()
     d.at(0, "state", CONNECTED)
     # down 7 s, up 3 s, ten times over: every outage passes the threshold
     for i in range(10):
@@ -136,7 +138,7 @@ def test_a_flapping_minute_is_two_notices_not_twenty_and_ends_true() -> None:
 
 
 def test_a_lost_notice_held_by_the_throttle_goes_out_when_the_window_ends_if_still_down() -> None:
-    d = Driver([0])
+    d = Driver()
     d.at(0, "state", CONNECTED)
     d.at(1, "state", reconnecting())  # lost at 6
     d.at(8, "state", CONNECTED)  # restored at 8
@@ -148,17 +150,32 @@ def test_a_lost_notice_held_by_the_throttle_goes_out_when_the_window_ends_if_sti
     assert d.sent[2][1].body.startswith("Down for 26 s")
 
 
-def test_restored_says_what_the_outage_dropped_and_the_gap_ack_is_not_told_twice() -> None:
-    dropped = [0]
-    d = Driver(dropped)
+def test_restored_waits_for_the_outage_gap_ack_and_says_what_was_dropped() -> None:
+    d = Driver()
     d.at(0, "state", CONNECTED)
     d.at(1, "state", reconnecting())
-    dropped[0] = 3 * RATE  # the ring evicted 3 s while the link was down
     d.at(200, "state", CONNECTED)
-    assert "3.0 s of audio dropped" in d.sent[-1][1].body
-    d.at(200.2, "gap", 3 * RATE, GapReason.BUFFER_OVERFLOW)
+    d.at(200.2, "gap", 3 * RATE, GapReason.BUFFER_OVERFLOW)  # the GAP goes first (§8)
+    d.advance_to(201.5)
+    assert [(t, n.kind) for t, n in d.sent][1] == (201.0, NoticeKind.CONNECTION_RESTORED)
+    assert d.sent[1][1].body == ("Down for 3 min 19 s; 3.0 s of audio dropped (the buffer was "
+                                 "full), recorded as a gap.")
+    # dropped after the settle time (the ring still full): told on its own
+    d.at(203, "gap", RATE // 2, GapReason.BUFFER_OVERFLOW)
     d.advance_to(300)
-    assert d.kinds() == [NoticeKind.CONNECTION_LOST, NoticeKind.CONNECTION_RESTORED]
+    assert d.kinds() == [NoticeKind.CONNECTION_LOST, NoticeKind.CONNECTION_RESTORED,
+                         NoticeKind.AUDIO_DROPPED]
+    assert d.sent[2][1].body.startswith("0.5 s of audio lost,")
+
+
+def test_a_link_down_again_within_the_settle_time_is_not_restored() -> None:
+    d = Driver()
+    d.at(0, "state", CONNECTED)
+    d.at(1, "state", reconnecting())
+    d.at(10, "state", CONNECTED)
+    d.at(10.5, "state", reconnecting())
+    d.advance_to(20)
+    assert d.kinds() == [NoticeKind.CONNECTION_LOST]
 
 
 def test_unannounced_gaps_are_told_and_add_up_under_the_throttle() -> None:
@@ -206,7 +223,7 @@ def test_microphone_lost_and_back_and_its_gap_is_told_once() -> None:
 
 
 def test_gave_up_is_told_at_once_with_what_was_kept() -> None:
-    d = Driver([0])
+    d = Driver()
     d.at(0, "state", CONNECTED)
     d.at(1, "state", reconnecting())
     d.at(20, "state", ConnectionState(Phase.FAILED, reason="retry budget exhausted"))
@@ -219,6 +236,19 @@ def test_gave_up_is_told_at_once_with_what_was_kept() -> None:
                             "/tmp/x.undelivered.wav.")
     d.at(101, "state", CONNECTED)  # nothing after the end
     assert len(d.sent) == 2
+
+
+def test_a_run_that_ends_before_the_settle_time_still_says_restored() -> None:
+    d = Driver()
+    d.at(0, "state", CONNECTED)
+    d.at(1, "state", reconnecting())
+    d.at(9, "state", CONNECTED)
+    d.at(9.1, "gap", RATE, GapReason.BUFFER_OVERFLOW)
+    d.at(9.3, "state", ConnectionState(Phase.DONE))
+    d.at(9.4, "finished", True, "", None, 0.0)
+    d.advance_to(100)
+    assert d.kinds() == [NoticeKind.CONNECTION_LOST, NoticeKind.CONNECTION_RESTORED]
+    assert "1.0 s of audio dropped" in d.sent[1][1].body
 
 
 def test_build_notifier_decides_from_the_flags_and_the_bus() -> None:
@@ -242,15 +272,15 @@ def bus(tmp_path: Path) -> Iterator[SessionBus]:
         yield b
 
 
-def notifier_on(address: str, clock: FakeClock, dropped: list[int]) -> Notifier:
-    policy = NoticePolicy(NoticeRules(), RATE, lambda: dropped[0])
+def notifier_on(address: str, clock: FakeClock) -> Notifier:
+    policy = NoticePolicy(NoticeRules(), RATE)
     n = Notifier(DbusNotifications(address), policy, clock=clock)
     n.start()
     return n
 
 
 def test_one_notice_when_down_one_when_back_on_a_real_bus(bus: SessionBus) -> None:
-    clock, dropped = FakeClock(), [0]
+    clock = FakeClock()
     start = clock.now
 
     def at(t: float, *inputs: ConnectionState) -> None:
@@ -261,7 +291,7 @@ def test_one_notice_when_down_one_when_back_on_a_real_bus(bus: SessionBus) -> No
         assert n.wait_idle(5)
 
     with RecordingNotificationServer(bus.address) as server:
-        n = notifier_on(bus.address, clock, dropped)
+        n = notifier_on(bus.address, clock)
         try:
             at(0, CONNECTING, CONNECTED)
             # a 20 s outage: twenty state changes as the uplink retries, one tick a second
@@ -279,11 +309,11 @@ def test_one_notice_when_down_one_when_back_on_a_real_bus(bus: SessionBus) -> No
             assert [r.summary for r in got] == ["Connection lost", "Connection restored"]
             lost, restored = got
             assert lost.app_name == "echopanel-capture"
-            assert lost.body.startswith("Down for 5 s: connection refused.")
+            assert lost.body.startswith("Down for 5.0 s: connection refused.")
             assert lost.hints == {"urgency": int(Urgency.NORMAL), "category": "network.disconnected"}
             # "restored" replaces the "lost" bubble rather than stacking under it
             assert restored.replaces_id == lost.id
-            assert restored.body == "Down for 20 s; no audio lost."
+            assert restored.body == "Down for 20 s; no audio lost so far."
             # the next notice carries the throttle's summary of what was not shown
             at(70, reconnecting("connection reset"))
             at(75)
@@ -301,7 +331,7 @@ def test_one_notice_when_down_one_when_back_on_a_real_bus(bus: SessionBus) -> No
 
 def test_no_bus_degrades_silently(tmp_path: Path) -> None:
     clock = FakeClock()
-    n = notifier_on(f"unix:path={tmp_path}/no-bus-here", clock, [0])
+    n = notifier_on(f"unix:path={tmp_path}/no-bus-here", clock)
     n.state(reconnecting())
     clock.now += 10
     n.tick()
@@ -317,7 +347,7 @@ def test_a_bus_without_a_notification_server_degrades_silently(bus: SessionBus) 
     with pytest.raises(NotificationsUnavailable, match="ServiceUnknown"):
         backend.send(Notice(NoticeKind.GAVE_UP, "x", "y"), 0)
     clock = FakeClock()
-    n = notifier_on(bus.address, clock, [0])
+    n = notifier_on(bus.address, clock)
     n.finished(False, "gave up", None, 0.0)
     n.close(5)
     assert n.stats().unavailable and n.stats().sent == 0
