@@ -490,6 +490,8 @@ class ServerCore:
         if self.state is State.STREAMING and journal is not None \
                 and journal.next_seq != durable.next_seq:
             actions += self._request_sync()  # written during that sync: the next batch
+        else:
+            self._oldest_unsynced = None  # that sync covered them all
         return actions
 
     def sync_failed(self, error: ClosingError) -> tuple[Action, ...]:

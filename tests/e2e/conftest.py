@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 
-from tools.ingest_process import IngestServer
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[IngestServer]:
-    with IngestServer(tmp_path / "data") as srv:
-        yield srv
+from tests.support.server import server as server  # the one server fixture (tests/support)
 
 
 def write_clip(path: Path, rate: int, channels: int, subtype: str, seconds: float, seed: int = 0) -> Path:

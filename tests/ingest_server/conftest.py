@@ -1,18 +1,11 @@
 """One real server (subprocess, loopback) shared by a test module; tests use distinct stream
-ids. Short handshake / idle timeouts keep the timeout tests fast without sleeping."""
+ids. Short handshake / idle timeouts: what a timeout does is tested on the connection core
+(test_core.py), without waiting."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from tests.support.server import IngestServer
+from tests.support.server import server_fixture
 
 SHARED_ARGS = ["--handshake-timeout", "1", "--idle-timeout", "2", "--profile", "development"]
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IngestServer]:
-    with IngestServer(tmp_path_factory.mktemp("ingest") / "data", args=SHARED_ARGS) as srv:
-        yield srv
+server = server_fixture(scope="module", args=SHARED_ARGS)

@@ -23,19 +23,12 @@ from ingest_server.app import create_app
 from ingest_server.cli import uvicorn_config
 from ingest_server.config import ServerConfig
 from ingest_server.service import IngestService
+from tests.support.clock import FakeClock
 
 from .client import FRAME, Client, frames
 
 T = TypeVar("T")
 WAIT = 20.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _ThreadServer(uvicorn.Server):

@@ -27,6 +27,7 @@ from capture.wavfile import read_wav
 from ingest_server.storage import Journal, Store
 from ingest_server.storage.journal import FILE_MAGIC, RECORD_HEADER_SIZE
 from ingest_server.storage.wav import JournalWav
+from tests.support.clock import FakeClock
 from tests.support.server import IngestServer
 from tools.chaos_run import make_recording
 from uplink.client import UplinkClient
@@ -37,7 +38,7 @@ from uplink.ring import OverflowPolicy, RingBuffer
 from uplink.wire import CloseCode
 
 from .client import FRAME, Client, Closed, frames
-from .harness import WAIT, Bystander, FakeClock, in_process, scrape, value
+from .harness import WAIT, Bystander, in_process, scrape, value
 from .test_sessions import attach, make_registry, write
 
 RECORD = RECORD_HEADER_SIZE + FRAME * 2

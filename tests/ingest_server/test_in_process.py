@@ -11,10 +11,11 @@ import pytest
 
 import ingest_server.items
 from ingest_server.items import ItemRules
+from tests.support.clock import FakeClock
 from uplink.wire import CloseCode
 
 from .client import FRAME, Client, frames
-from .harness import FakeClock, in_process
+from .harness import in_process
 
 
 def test_session_expiry_through_the_app_with_a_fake_clock(tmp_path: Path) -> None:

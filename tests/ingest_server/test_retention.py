@@ -12,10 +12,11 @@ import httpx
 from ingest_server.config import ServerConfig
 from ingest_server.sessions import Registry
 from ingest_server.storage import Store
+from tests.support.clock import FakeClock
 from uplink.wire import CloseCode, End
 
 from .client import FRAME, Client, Closed, frames
-from .harness import WAIT, FakeClock, in_process, scrape, value
+from .harness import WAIT, in_process, scrape, value
 from .test_sessions import FakeOwner, attach, write
 
 DAY = 86400.0

@@ -17,6 +17,7 @@ from ingest_server.metrics import Metrics
 from ingest_server.sessions import Attached, Registry
 from ingest_server.storage import Gap, Journal, Store
 from ingest_server.stream import Stream
+from tests.support.clock import FakeClock
 from uplink.audio import AudioFormat, SampleType
 from uplink.wire import (
     HEADER,
@@ -31,7 +32,6 @@ from uplink.wire import (
 )
 
 from .client import FMT, FRAME, frames
-from .harness import FakeClock
 
 T = TypeVar("T")
 TIMEOUT = 60.0

@@ -17,8 +17,8 @@ from ingest_server.metrics import Metrics
 from ingest_server.storage import Journal
 from ingest_server.storage.syncfs import Devices, filesystem_type, kernel_version
 from ingest_server.wsprotocol import MESSAGE_OVERHEAD, QUEUE_HIGH_BYTES, IngestWebSocketProtocol
+from tests.support.clock import FakeClock
 
-from .harness import FakeClock
 from .test_sessions import attach, make_registry, write
 
 WAIT = 10.0
