@@ -1,21 +1,34 @@
-"""How journals become durable: per-stream fsync, or group commit across streams (syncfs).
+"""Group commit: how appended items become durable and acked (docs/protocol.md §4).
 
-Both implement `Committer.submit(journal)`: a future that completes once everything appended
-to the journal before the call is durable (docs/protocol.md §4: the ack promises exactly
-that), or fails with the OSError that made it fail. A future, not a coroutine: no task per
-sync (this runs once per live stream per batch). The journal is the caller's: it holds the
-stream's sync lock, so no other coroutine syncs, cuts or closes that journal meanwhile; it
-must not cancel the future (a worker thread may be using the journal).
+This is the one explanation of group commit; the other modules link here.
 
-`SharedCommit` (default on Linux >= 5.17, `--sync-mode syncfs`): requests wait in a set; one
-worker thread runs one `sync_many` (below: one syncfs per file system, the devices of
-storage/syncfs.py) for all of them;
-requests that arrive meanwhile ride the next batch. With N live streams that is one disk
-flush per batch instead of N (docs/performance.md "Capacity").
+Appending an item never waits for the disk: the journal gets one `writev` (storage/
+journal.py) and the connection core asks for a sync (core.RequestSync) unless one is in
+flight already. The connection's flusher (flusher.py) runs `Stream.sync()`, which submits
+the journal here and awaits the future; the sync covers everything appended before it
+started, and items arriving meanwhile ride the next one. When it succeeds the stream's
+`durable` position moves and the core sends ONE cumulative ack for exactly that position.
+Under load many items share one sync (a 60 s backlog is acked by a handful), and when live
+each frame's ack waits for one disk flush, no more (docs/performance.md). A failed sync
+acks nothing: the stream cuts its journal back to `durable` and the connection closes with
+1013 (docs/storage.md "Disk faults").
 
-`PerJournalCommit` (`--sync-mode fsync`): each journal's fsync in the IO thread pool, as
-before. For file systems where syncfs is slow (it flushes every file on the file system,
-other programs' too) or unavailable.
+Committers implement `storage.interface.Committer.submit(journal)`: a future that
+completes once everything appended to the journal before the call is durable, or fails
+with the OSError that made it fail. A future, not a coroutine: no task per sync (this runs
+once per live stream per batch). The journal is the caller's: it holds the stream's sync
+lock, so no other coroutine syncs, cuts or closes that journal meanwhile; it must not
+cancel the future (a worker thread may be using the journal).
+
+`SharedCommit` (default on Linux >= 5.17, `--sync-mode syncfs`): requests from all streams
+wait in a set; one worker thread runs one `sync_many` (below: one syncfs per file system,
+on the devices of storage/syncfs.py) for all of them; requests that arrive meanwhile ride
+the next batch. With N live streams that is one disk flush per batch instead of N
+(docs/performance.md "Capacity").
+
+`PerJournalCommit` (`--sync-mode fsync`): each journal's fsync in the IO thread pool. For
+file systems where syncfs is slow (it flushes every file on the file system, other
+programs' too) or unavailable.
 """
 
 from __future__ import annotations

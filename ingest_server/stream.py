@@ -1,10 +1,10 @@
 """One stream in memory: its metadata, its journal while open, and what is durable.
 
-`durable` is the journal position the last successful fsync covered: the only thing an ack
-or a welcome may promise (docs/protocol.md §2, §4). `sync()` is group commit: one sync by the
-committer (commit.py: one syncfs for many streams, or this journal's fsync) covers everything
-appended before it started. After a failed sync the journal is cut back to `durable`
-(docs/storage.md "Disk faults") before anyone can append again.
+`durable` is the journal position the last successful sync covered: the only thing an ack
+or a welcome may promise (docs/protocol.md §2, §4). `sync()` hands the journal to the
+committer (group commit: commit.py explains it) and moves `durable` when it succeeds. After
+a failed sync the journal is cut back to `durable` (docs/storage.md "Disk faults") before
+anyone can append again.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Stream:
         return self.journal is not None and self.journal.position.size != self.durable.size
 
     async def sync(self) -> bool:
-        """Group commit: one fsync covers everything written before it starts (§4).
+        """Make everything written before this call durable (commit.py, §4).
 
         Returns True if the durable position advanced (the caller then acks it). Raises
         OSError if the fsync failed; the journal is then back at `durable`.

@@ -10,7 +10,8 @@ File: an 8-byte magic, then records. A record is a 36-byte header, a CRC32 and t
 flipped record is detected on recovery and cut off, never served.
 
 Writes are one `os.writev` on an O_APPEND descriptor (no per-frame fsync); `sync()` is the
-fsync that group commit runs in a worker thread before acking (docs/protocol.md §4).
+fsync a committer runs in a worker thread before acking (group commit: ingest_server/
+commit.py).
 Records are strictly consecutive: each starts at the previous one's next_seq and next_sample,
 which recovery checks too.
 
@@ -20,7 +21,6 @@ caller cuts the file back to the last *durable* position with `rollback()`, beca
 cache can no longer be trusted for anything written since. Only if a cut itself fails is the
 journal `broken` until a restart recovers it. `_write`, `_fsync`, `_syncfs` and `_truncate`
 are the only places that touch the file after opening it, so tests inject faults there.
-Cross-stream group commit (one syncfs for many journals) is ingest_server/commit.py's job.
 """
 
 from __future__ import annotations
