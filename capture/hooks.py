@@ -231,13 +231,13 @@ class HookRunner:
         tail = f"; stderr: {r.stderr}" if r.stderr else ""
         match r.outcome:
             case HookOutcome.OK:
-                log.info("--on-event hook for a %s record exited 0 in %.2f s%s",
+                log.info("--on-event hook (%s record) exited 0 in %.2f s%s",
                          r.record_type, r.seconds, tail)
             case HookOutcome.FAILED:
-                log.warning("--on-event hook for a %s record exited with status %s in %.2f s%s",
+                log.warning("--on-event hook (%s record) exited with status %s in %.2f s%s",
                             r.record_type, r.returncode, r.seconds, tail)
             case HookOutcome.TIMED_OUT:
-                log.warning("--on-event hook for a %s record killed after %.1f s (timeout)%s",
+                log.warning("--on-event hook (%s record) killed after %.1f s (timeout)%s",
                             r.record_type, r.seconds, tail)
             case HookOutcome.NOT_STARTED:
                 log.warning("--on-event hook could not be run: %s", r.stderr)

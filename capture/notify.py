@@ -204,8 +204,8 @@ class NoticePolicy:
     What an outage cost is known only from the server's gap acks (the ring counts a drop
     once the server recorded it, uplink/ring.py); the uplink sends the GAP first after a
     reconnect (docs/protocol.md §8), so its ack normally lands within the settle time and
-    "restored" can say it. Gaps acked while the desktop shows "lost" are told by the
-    "restored" notice; any other gap that no notice announced is an "audio dropped".
+    "restored" can say it. Buffer-overflow gaps acked while the desktop shows "lost" are
+    told by the "restored" notice; any other gap no notice announced is "audio dropped".
     """
 
     def __init__(self, rules: NoticeRules, sample_rate: int) -> None:
@@ -268,7 +268,7 @@ class NoticePolicy:
             absorbed = min(samples, self._announced_source)
             self._announced_source -= absorbed
             samples -= absorbed
-        if samples and self._shown_down:
+        if samples and self._shown_down and reason is GapReason.BUFFER_OVERFLOW:
             self._outage_loss += samples
         elif samples:
             self._pending_drop_samples += samples
