@@ -43,6 +43,7 @@ from uplink.core import ConnectionState, Phase
 from uplink.errors import FatalError
 from uplink.frames import FrameCutter
 from uplink.ring import OverflowPolicy, RingBuffer, RingClosed
+from uplink.spool import Spool, SpoolError
 
 Block = np.ndarray[Any, Any] | bytes | bytearray | memoryview
 StateHook = Callable[[ConnectionState], None]
@@ -119,8 +120,21 @@ class _Pipeline:
                  dtype: str | SampleType, token: str | None, profile: str,
                  buffer_seconds: float | None, overflow: str | OverflowPolicy,
                  config: UplinkConfig | None, cafile: str | None,
-                 labels: dict[str, str] | None) -> None:
+                 labels: dict[str, str] | None, spool: Spool | None = None,
+                 spool_source: str = "") -> None:
         self.format = AudioFormat(rate, channels, SampleType(dtype))
+        held = spool.meta if spool is not None else None
+        if held is not None:
+            # a spool left by an earlier process: continue its stream (docs/spool.md)
+            if stream_id is not None and stream_id != held.stream_id:
+                raise SpoolError(f"spool {spool.directory if spool else ''} holds stream "
+                                 f"{held.stream_id}, not {stream_id}: drain it first "
+                                 "(--drain) or use another spool directory")
+            if held.format != self.format:
+                raise SpoolError(f"spool holds {held.stream_id} in {held.format}, "
+                                 f"the source is {self.format}")
+            stream_id = held.stream_id
+        self.spool = spool
         self.stream_id = stream_id or new_stream_id()
         if not wire.is_valid_stream_id(self.stream_id):
             raise ValueError(f"stream id {self.stream_id!r} must match {wire.STREAM_ID_PATTERN}")
@@ -135,7 +149,12 @@ class _Pipeline:
         self.config = config
         self.policy = OverflowPolicy(overflow)
         frame_samples = max(1, round(rate * self.config.frame_ms / 1000))
-        self.ring = RingBuffer(self.format, frame_samples, self.config.buffer_seconds, self.policy)
+        capacity = self.config.buffer_seconds
+        if held is not None:
+            # the ring mirrors the spool slot for slot: take its frame length and capacity
+            frame_samples = held.frame_samples
+            capacity = (held.slots - 0.5) * frame_samples / rate
+        self.ring = RingBuffer(self.format, frame_samples, capacity, self.policy)
         self.cutter = FrameCutter(self.ring)
         extra: dict[str, Any] = {}
         if cafile is not None:
@@ -144,8 +163,40 @@ class _Pipeline:
             extra["labels"] = labels
         self.client = UplinkClient(server, self.ring, self.stream_id, self.config, token=token,
                                    **extra)
+        if spool is not None:
+            self._attach_spool(spool, spool_source)
         self.closed = False
         self._dtype = _NUMPY_DTYPES.get(self.format.sample_type)
+
+    def _attach_spool(self, spool: Spool, source: str) -> None:
+        core = self.client.core
+        if spool.meta is None:
+            spool.create(self.stream_id, self.format, self.ring.frame_samples, self.ring.slots,
+                         source)
+        else:
+            core.epoch, core.credential = spool.meta.epoch, spool.meta.credential
+        spool.attach(self.ring)
+        if spool.recovered is not None:
+            span = spool.recovered.span
+            core.counters.acked_seq, core.counters.acked_sample = (span.acked_seq,
+                                                                   span.acked_sample)
+
+        def keep_credential(state: ConnectionState) -> None:
+            # on the loop, before this connection sends any audio (docs/spool.md)
+            if state.phase is Phase.CONNECTED and core.epoch is not None and core.credential:
+                spool.record_credential(core.epoch, core.credential)
+
+        self.client.on_state(keep_credential)
+
+    def end_spool(self, ok: bool) -> None:
+        """The run is over: an ended stream frees its spool; otherwise the spool stays for
+        a later run or --drain."""
+        if self.spool is None:
+            return
+        if ok:
+            self.spool.finish()
+        else:
+            self.spool.close()
 
     def as_bytes(self, block: Block) -> memoryview:
         """Check a block against the declared format and view it as little-endian bytes."""
@@ -210,11 +261,13 @@ class AsyncUplink:
                  overflow: str | OverflowPolicy = OverflowPolicy.DROP_OLDEST,
                  on_state: StateHook | None = None, on_gap: GapHook | None = None,
                  config: UplinkConfig | None = None, cafile: str | None = None,
-                 labels: dict[str, str] | None = None) -> None:
+                 labels: dict[str, str] | None = None, spool: Spool | None = None,
+                 spool_source: str = "") -> None:
         self._p = _Pipeline(server, stream_id=stream_id, rate=rate, channels=channels,
                             dtype=dtype, token=token, profile=profile,
                             buffer_seconds=buffer_seconds, overflow=overflow, config=config,
-                            cafile=cafile, labels=labels)
+                            cafile=cafile, labels=labels, spool=spool,
+                            spool_source=spool_source)
         if on_state is not None:
             self._p.client.on_state(on_state)
         if on_gap is not None:
@@ -240,6 +293,11 @@ class AsyncUplink:
     def ring(self) -> RingBuffer:
         """The bounded buffer between push() and the network (read-only use)."""
         return self._p.ring
+
+    @property
+    def spool(self) -> Spool | None:
+        """The write-ahead spool, if one was given (docs/spool.md)."""
+        return self._p.spool
 
     @property
     def sink(self) -> FrameCutter:
@@ -301,6 +359,7 @@ class AsyncUplink:
         summary = self._p.summary(result)
         if not summary.ok:
             raise UplinkFailed(summary, result.error)
+        self._p.end_spool(ok=True)
         self._summary = summary
         return summary
 

@@ -22,6 +22,16 @@ The ring holds every item from the oldest unacked (``head_seq``) to the newest
   ``samples_dropped`` grow only when the server acknowledges a GAP (``confirm_gap``) — an
   evicted frame that had reached the server before the outage is not counted as lost.
 
+Write-ahead (an attached spool, uplink/spool.py): ``enable_write_ahead`` makes the ring
+hand nothing to the uplink that the spool's writer thread has not written yet — ``read``
+stops at ``spooled_seq`` — so whatever the server acknowledges is always in the spool too
+and a restarted capture never finds the server ahead of its spool. A push then wakes the
+spool writer (``on_push``) instead of the uplink; the writer wakes the uplink
+(``mark_spooled``) once the frame is on disk. ``restore`` rebuilds the ring a crashed
+process left in its spool; the part of its front that the spool no longer has (evicted or
+overwritten, positions of the individual frames unknown) is one *opaque* front-gap run,
+whose start moves to wherever the server's ack says (``ack`` uses its ``next_sample``).
+
 Thread safety: one producer thread (or the PortAudio callback) and one consumer (the asyncio
 uplink). A single lock guards the indices; it is held only for O(1) bookkeeping and one
 ``memcpy`` of at most one frame (producer) or one coalesced run (consumer) — never across
@@ -88,13 +98,63 @@ Run = AudioRun | GapRun
 
 @dataclass(slots=True)
 class _Evicted:
-    """`count` consecutive evicted slots of one kind and length, contiguous in samples."""
+    """`count` consecutive evicted slots of one kind and length, contiguous in samples.
+
+    An opaque run (``end_sample`` set, restored from a spool) knows only where it starts and
+    ends: its frames' individual lengths are gone. Every position inside it is lost audio
+    either way, so a GAP may split it anywhere (`_opaque_position`); the split is
+    deterministic, so a replay sends the same items, and an ack inside the run moves its
+    start to the server's next_sample.
+    """
 
     seq: int
     count: int
     nsamples: int
     sample_pos: int
     audio: bool
+    end_sample: int | None = None
+
+    @property
+    def opaque(self) -> bool:
+        return self.end_sample is not None
+
+
+def _opaque_position(run: _Evicted, seq: int) -> int:
+    """A sample position for `seq` in [run.seq, run.seq + run.count] of an opaque run:
+    exact at both ends, evenly spread between (a GAP of more than MAX_COUNT seqs must be
+    split, and each part must cover at least one sample when the run has enough)."""
+    assert run.end_sample is not None
+    span = run.end_sample - run.sample_pos
+    return run.sample_pos + span * (seq - run.seq) // run.count
+
+
+@dataclass(frozen=True, slots=True)
+class SlotCopy:
+    """One held item as the spool writer stores it."""
+
+    seq: int
+    kind: int  # SLOT_AUDIO or SLOT_GAP
+    sample_pos: int
+    nsamples: int
+    payload: bytes  # empty for a gap
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredSpan:
+    """What a spool held for the uplink after a crash (uplink/spool.py `recover`).
+
+    `items` are consecutive seqs from `first_seq`; everything below `acked_seq` is on the
+    server; seqs [acked_seq, first_seq) are lost (their audio was evicted or overwritten),
+    samples [acked_sample, first item's sample_pos).
+    """
+
+    acked_seq: int
+    acked_sample: int
+    first_seq: int
+    items: list[SlotCopy]
+    end_seq: int
+    end_sample: int
+    wall_time: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +208,11 @@ class RingBuffer:
         # arrives when its last sample was captured, so its own duration is subtracted
         self._wall_clock = wall_clock
         self._wall_time: float | None = None
+        self._acked_seq = 0  # the server's latest ack (next_seq, next_sample)
+        self._acked_sample = 0
+        # write-ahead: read() stops at _spooled; None = no spool attached
+        self._spooled: int | None = None
+        self.on_push: Callable[[], None] | None = None
 
     # -- capacity ------------------------------------------------------------------------
 
@@ -173,9 +238,7 @@ class RingBuffer:
             start = slot * self.frame_bytes
             self._view[start : start + n] = data
             self._commit_slot(slot, SLOT_AUDIO, n // self.format.block_align)
-        wake = self.on_data  # read once: the uplink may clear it concurrently
-        if wake is not None:
-            wake()
+        self._wake_after_push()
 
     def push_gap(self, nsamples: int) -> None:
         """Record that `nsamples` sample frames were lost at the source (e.g. input overflow)."""
@@ -186,15 +249,25 @@ class RingBuffer:
         with self._lock:
             slot = self._reserve_slot()
             self._commit_slot(slot, SLOT_GAP, nsamples)
-        wake = self.on_data  # read once: the uplink may clear it concurrently
-        if wake is not None:
-            wake()
+        self._wake_after_push()
 
     def close(self) -> None:
         """No more input: the uplink ends the stream once everything is acked."""
         with self._lock:
             self._closed = True
             self._space.notify_all()
+        self._wake_after_push()
+        self._wake_uplink()
+
+    def _wake_after_push(self) -> None:
+        # with a spool the writer goes first: it wakes the uplink once the item is on disk
+        spool = self.on_push  # read once: the spool may detach concurrently
+        if spool is not None:
+            spool()
+        else:
+            self._wake_uplink()
+
+    def _wake_uplink(self) -> None:
         wake = self.on_data  # read once: the uplink may clear it concurrently
         if wake is not None:
             wake()
@@ -236,7 +309,8 @@ class RingBuffer:
         audio = self._kind[slot] == SLOT_AUDIO
         nsamples = self._nsamples[slot]
         last = self._evicted[-1] if self._evicted else None
-        if last is not None and last.audio == audio and last.nsamples == nsamples:
+        if (last is not None and not last.opaque and last.audio == audio
+                and last.nsamples == nsamples):
             last.count += 1
         else:
             self._evicted.append(_Evicted(self._head, 1, nsamples, self._sample_pos[slot], audio))
@@ -272,16 +346,22 @@ class RingBuffer:
     def ack(self, next_seq: int, next_sample: int) -> None:
         """The server holds everything below next_seq durably: free those slots.
 
-        `next_sample` is the server's sample position at `next_seq` (kept for symmetry with
-        the wire ack; the evicted runs already know every position).
+        `next_sample` is the server's sample position at `next_seq`: the evicted runs know
+        every position except inside an opaque run restored from a spool.
         """
-        del next_sample
         with self._lock:
+            if next_seq > self._acked_seq:
+                self._acked_seq, self._acked_sample = next_seq, next_sample
             while self._evicted and self._evicted[0].seq < next_seq:
                 run = self._evicted[0]
                 done = min(run.count, next_seq - run.seq)
                 if done == run.count:
                     self._evicted.popleft()
+                elif run.opaque:
+                    # the server had part of it: its ack says where the rest starts
+                    run.seq += done
+                    run.count -= done
+                    run.sample_pos = next_sample
                 else:
                     run.seq += done
                     run.count -= done
@@ -299,7 +379,10 @@ class RingBuffer:
         with self._lock:
             for run in self._evicted:
                 lo, hi = max(first_seq, run.seq), min(end_seq, run.seq + run.count)
-                if lo < hi and run.audio:
+                if lo < hi and run.opaque:
+                    self.frames_dropped += hi - lo
+                    self.samples_dropped += _opaque_position(run, hi) - _opaque_position(run, lo)
+                elif lo < hi and run.audio:
                     self.frames_dropped += hi - lo
                     self.samples_dropped += (hi - lo) * run.nsamples
 
@@ -307,7 +390,12 @@ class RingBuffer:
         """Sample position of `seq` in [front gap start, tail] (lock held)."""
         for run in self._evicted:
             if run.seq <= seq < run.seq + run.count:
+                if run.opaque:
+                    return _opaque_position(run, seq)
                 return run.sample_pos + (seq - run.seq) * run.nsamples
+            if run.opaque and seq == run.seq + run.count:
+                assert run.end_sample is not None
+                return run.end_sample
         if seq < self._tail:
             return self._sample_pos[seq % self.slots]
         return self._next_sample
@@ -326,7 +414,8 @@ class RingBuffer:
                 return GapRun(
                     from_seq, count, self._sample_at(from_seq), self._sample_at(from_seq + count)
                 )
-            if from_seq >= self._tail:
+            limit_seq = self._tail if self._spooled is None else min(self._tail, self._spooled)
+            if from_seq >= limit_seq:
                 return None
             slot = from_seq % self.slots
             pos = self._sample_pos[slot]
@@ -337,7 +426,7 @@ class RingBuffer:
             if nsamples == self.frame_samples:
                 limit = min(
                     max_frames,
-                    self._tail - from_seq,
+                    limit_seq - from_seq,
                     self.slots - slot,  # stop at the wrap: one contiguous copy
                     max(1, max_bytes // self.frame_bytes),
                 )
@@ -355,6 +444,81 @@ class RingBuffer:
             )
             payload = bytes(self._view[start : start + length])
             return AudioRun(from_seq, count, pos, payload)
+
+    # -- write-ahead spool (uplink/spool.py) ---------------------------------------------
+
+    @property
+    def acked_point(self) -> tuple[int, int]:
+        """The server's latest ack: (next_seq, next_sample)."""
+        with self._lock:
+            return self._acked_seq, self._acked_sample
+
+    @property
+    def spooled_seq(self) -> int | None:
+        return self._spooled
+
+    def enable_write_ahead(self, on_push: Callable[[], None]) -> None:
+        """From now on the uplink reads only what `mark_spooled` released."""
+        with self._lock:
+            self._spooled = self._tail
+        self.on_push = on_push
+
+    def disable_write_ahead(self) -> None:
+        """The spool failed or was closed: the uplink reads everything again."""
+        self.on_push = None
+        with self._lock:
+            self._spooled = None
+        self._wake_uplink()
+
+    def mark_spooled(self, end_seq: int) -> None:
+        """Items below `end_seq` are in the spool: the uplink may send them."""
+        with self._lock:
+            if self._spooled is None or end_seq <= self._spooled:
+                return
+            self._spooled = min(end_seq, self._tail)
+        self._wake_uplink()
+
+    def copy_item(self, seq: int) -> SlotCopy | None:
+        """A copy of item `seq` for the spool writer; None if it was already released
+        (acked, or evicted by drop-oldest before the writer got to it)."""
+        with self._lock:
+            if seq >= self._tail:
+                raise ValueError(f"seq {seq} was not pushed yet (tail {self._tail})")
+            if seq < self._head:
+                return None
+            slot = seq % self.slots
+            n = self._nsamples[slot]
+            kind = self._kind[slot]
+            payload = b""
+            if kind == SLOT_AUDIO:
+                start = slot * self.frame_bytes
+                payload = bytes(self._view[start : start + n * self.format.block_align])
+            return SlotCopy(seq, kind, self._sample_pos[slot], n, payload)
+
+    def restore(self, span: RestoredSpan) -> None:
+        """Continue from a spool: the ring must be new, with room for all of `span`."""
+        with self._lock:
+            if self._tail or self._wall_time is not None:
+                raise ValueError("restore() needs a ring nothing was pushed into")
+            if len(span.items) > self.slots:
+                raise ValueError(f"spool holds {len(span.items)} items, the ring {self.slots}")
+            self._head = span.first_seq
+            self._tail = span.first_seq
+            self._next_sample = (span.items[0].sample_pos if span.items else span.end_sample)
+            if span.first_seq > span.acked_seq:
+                self._evicted.append(_Evicted(
+                    span.acked_seq, span.first_seq - span.acked_seq, 0, span.acked_sample,
+                    True, end_sample=self._next_sample))
+            for item in span.items:
+                slot = item.seq % self.slots
+                if item.kind == SLOT_AUDIO:
+                    start = slot * self.frame_bytes
+                    self._view[start : start + len(item.payload)] = item.payload
+                self._commit_slot(slot, item.kind, item.nsamples)
+            self._acked_seq, self._acked_sample = span.acked_seq, span.acked_sample
+            self._wall_time = span.wall_time
+            if self._spooled is not None:
+                self._spooled = self._tail  # it came from the spool: already on disk
 
     def latest_audio(self) -> bytes:
         """A copy of the newest audio frame (for level meters: read off the audio path).
