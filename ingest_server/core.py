@@ -100,6 +100,8 @@ class MessageBudget:
 
 
 class State(Enum):
+    __hash__ = object.__hash__  # members are singletons: identity hash, in C (per message)
+
     AWAITING_HELLO = "awaiting hello"
     ATTACHING = "attaching"  # hello admissible; the registry creates, resumes or takes over
     STREAMING = "streaming"  # an open stream: items, pings, end
@@ -111,6 +113,8 @@ class State(Enum):
 
 
 class Event(Enum):
+    __hash__ = object.__hash__
+
     TEXT = "text"
     BINARY = "binary"
     ATTACHED = "attached"
@@ -370,13 +374,17 @@ class ServerCore:
         if state is State.AWAITING_HELLO:
             self.metrics.messages_received += 1
             return self._close(CloseCode.BAD_HANDSHAKE, "first message must be a text hello")
-        if not self._admit(now):
-            return self._flooded()
-        if state is State.STREAMING:
+        if state is State.STREAMING:  # the hot path: _admit, inlined
+            self.metrics.messages_received += 1
+            if not self.budget.take(now):
+                return self._flooded()
+            self._last_rx = now
             try:
                 return self._on_item(data, now)
             except (WireError, ClosingError) as e:
                 return self._closing_error(e)
+        if not self._admit(now):
+            return self._flooded()
         if state is State.READ_ONLY:
             return self._close(CloseCode.STREAM_FINALIZED, "stream is finalized")
         return NOTHING
