@@ -54,7 +54,7 @@ from uplink.wire import (
 )
 
 from .config import ServerConfig
-from .errors import ClosingError, Refusal, StorageGuard
+from .errors import BadInput, ClosingError, Refusal, StorageGuard
 from .items import ItemRules
 from .metrics import Metrics
 from .storage.interface import Position, StreamMeta, StreamWriter
@@ -267,17 +267,17 @@ _FINAL_SYNC = FinalSync()
 def check_hello(hello: Hello, config: ServerConfig) -> None:
     """What this server admits (§2, §5), before the registry is asked: 4400 otherwise."""
     if not is_valid_stream_id(hello.stream_id):
-        raise Refusal(CloseCode.BAD_HANDSHAKE,
+        raise BadInput(CloseCode.BAD_HANDSHAKE,
                       f"invalid stream id: it must match {STREAM_ID_PATTERN}")
     fmt = hello.format
     if hello.frame_samples > fmt.sample_rate * config.max_frame_seconds:
-        raise Refusal(CloseCode.BAD_HANDSHAKE,
+        raise BadInput(CloseCode.BAD_HANDSHAKE,
                       f"frame_samples over {config.max_frame_seconds:g} s of audio")
     if HEADER_SIZE + hello.frame_samples * fmt.block_align > config.max_message_bytes:
-        raise Refusal(CloseCode.BAD_HANDSHAKE, "one frame would exceed max_message_bytes")
+        raise BadInput(CloseCode.BAD_HANDSHAKE, "one frame would exceed max_message_bytes")
     # §5: live streaming sends one message per frame; it must fit in half the rate limit.
     if fmt.sample_rate / hello.frame_samples > config.max_message_rate / 2:
-        raise Refusal(CloseCode.BAD_HANDSHAKE,
+        raise BadInput(CloseCode.BAD_HANDSHAKE,
                       f"frames too short: at most {config.max_message_rate / 2:g} frames/s")
 
 

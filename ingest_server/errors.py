@@ -2,15 +2,16 @@
 
     Exception
      ├── WireError (uplink/wire.py)      the client sent a malformed or illegal message; it
-     │                                   carries its own close code (1002, 1003, 1007, 1009,
-     │                                   4400, 4409); the connection core maps it
+     │                                   carries its own close code (1002, 1003, 1007, 1008,
+     │                                   1009, 4400); the connection core maps it
      └── ClosingError                    the connection closes with `code` and `reason`
-          ├── BadInput                   a request the protocol forbids in this state or
-          │                              past a limit (1002 end mismatch, 1008 rate limit)
+          ├── BadInput                   a request the protocol forbids or this server
+          │                              does not admit (1002 end mismatch, 4400 a hello
+          │                              whose frames are too long or too short)
           ├── Refusal                    the registry says no: unknown stream (4404), wrong
           │                              credential or id taken (4409), another token's
           │                              stream (1008), too many streams (1013), shutting
-          │                              down (1012), bad hello for this server (4400)
+          │                              down (1012), a resume in another format (4400)
           └── StorageUnavailable         storage failed under this request: 1013 "storage
                                          failure", the client backs off, resumes, replays
 
