@@ -10,19 +10,30 @@ fsync, so the receive path stays O(1) per message (docs/performance.md).
 
     AWAITING_HELLO ─hello─► ATTACHING ─attached─► STREAMING ──end──► ENDING ─finalized─► CLOSING
                                           └─(finalized stream)─► READ_ONLY ──end──┘
-    any open state ─shutdown─► SHUTTING_DOWN ─final_synced─► CLOSING
+    STREAMING, ENDING ─shutdown─► SHUTTING_DOWN ─final_synced─► CLOSING (other states: 1012)
     any state ─a close of ours (error, timeout, superseded)─► CLOSING
-    any state ─peer_closed─► CLOSED            CLOSING: messages are ignored (§7)
+    any state ─peer_closed, or Abort─► CLOSED           CLOSING: messages are ignored (§7)
 
 What each message does in each state (section numbers: docs/protocol.md):
 
-    state            text hello / ping / end                      binary item
-    AWAITING_HELLO   hello: admissible? → Attach; else 4400/1003   4400 (§2: hello first)
-    ATTACHING        — (the adapter reads nothing meanwhile)       —
-    STREAMING        ping → pong; end → Finalize; else 1002/1007   append (§3) → RequestSync;
-                                                                   duplicate → re-ack (§4)
-    READ_ONLY        ping → pong; end → Finalize (`ended` again)   4410 (stream finalized)
-    ENDING, SHUTTING_DOWN, CLOSING: ignored; CLOSED: illegal (the adapter stops reading)
+    state            text (hello / ping / end)                binary (an item)
+    AWAITING_HELLO   a hello this server admits → Attach;     4400 (§2: hello first)
+                     else 4400 (1003 version or format,
+                     1009 oversized)
+    ATTACHING        — (the adapter reads nothing meanwhile)  —
+    STREAMING        ping → pong; end → Finalize;             append (§3) → RequestSync if none
+                     anything else 1007 (1009 oversized)      in flight; duplicate → re-ack at
+                                                              once if none (§4); bad item →
+                                                              1002/1007/1008/1009 (items.py);
+                                                              failed write → 1013
+    READ_ONLY        ping → pong; end → Finalize (`ended`     4410 (stream finalized)
+                     again, §6)
+    ENDING, SHUTTING_DOWN, CLOSING: ignored; CLOSED: IllegalEvent (the adapter stops reading)
+
+Answers to the adapter's work: `attached` → welcome (+ StartCommits if open); `failed` (a
+refusal or storage failure from the registry) → its code; `synced` → one cumulative ack;
+`sync_failed` → 1013; `finalized` → `ended`, then 1000; `supersede` → 4411;
+`internal_error` → 1011.
 
 Every message first takes a token from the §5 bucket (1008 when empty), except the hello.
 Deadlines (`next_deadline`, checked by `tick`): no hello (and stream) within
