@@ -148,7 +148,7 @@ class Registry:
     async def _create(self, hello: Hello, owner: Owner, principal: Principal) -> Attached:
         sid = hello.stream_id
         if sid in self.streams:
-            raise Refusal(CloseCode.STREAM_CONFLICT, f"stream {sid} already exists")
+            raise Refusal(CloseCode.STREAM_CONFLICT, self._exists_reason(self.streams[sid]))
         if self.open_count >= self.config.max_streams:
             raise Refusal(CloseCode.TRY_AGAIN_LATER,
                           f"too many open streams ({self.config.max_streams})")
@@ -205,6 +205,21 @@ class Registry:
         log.info("stream %s reopened after it had expired (%d frames, %.1f s kept)",
                  stream.stream_id, meta.next_seq, meta.next_sample / meta.format.sample_rate,
                  extra={"ctx": {"stream_id": stream.stream_id, "event": "reopened"}})
+
+    def _exists_reason(self, stream: Stream) -> str:
+        """4409 for a new stream whose id is taken, saying what the id holds (§2): an orphaned
+        open stream can only be continued with its resume credential (a capture's spool keeps
+        it, docs/spool.md), and says how long until it expires. Fits a close reason (123 B)."""
+        if is_reopenable(stream.meta):
+            return ("stream id taken by an expired stream: only its resume credential reopens "
+                    "it; else choose another id")
+        if stream.finalized:
+            return "stream id taken by a stream that ended: choose another id"
+        if stream.owner is not None:
+            return "stream id taken by a live stream on another connection"
+        left = max(0.0, self.config.session_timeout - (self.clock() - stream.idle_since))
+        return (f"stream id taken by an open stream: only its resume credential (a capture's "
+                f"spool) continues it; it expires in {left:.0f} s")
 
     def _forget(self, stream: Stream) -> None:
         del self.streams[stream.stream_id]

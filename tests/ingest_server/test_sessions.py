@@ -21,6 +21,7 @@ from tests.support.clock import FakeClock
 from uplink.audio import AudioFormat, SampleType
 from uplink.wire import (
     HEADER,
+    STREAM_ID_PATTERN,
     CloseCode,
     End,
     Ended,
@@ -173,6 +174,45 @@ def test_recovered_open_stream_timeout_starts_at_startup(tmp_path: Path) -> None
         assert not stream.finalized and stream.next_seq == 2 and stream.owner is None
         assert await second.expire(5000.0 + TIMEOUT - 1) == []
         assert await second.expire(5000.0 + TIMEOUT) == ["r"]
+
+    run(scenario())
+
+
+def test_a_taken_id_says_what_holds_it(tmp_path: Path) -> None:
+    """4409 tells a capture that lost its spool what it ran into, and for how long (§2)."""
+    async def scenario() -> None:
+        clock = FakeClock(1000.0)
+        reg = make_registry(tmp_path, clock)
+
+        async def reason_for(sid: str) -> str:
+            with pytest.raises(Refusal) as e:
+                await reg.attach(Hello(sid, FMT, FRAME), FakeOwner(reg))
+            assert e.value.code == CloseCode.STREAM_CONFLICT
+            return e.value.reason
+
+        live, owner = await attach(reg, "orphan")
+        assert "live stream on another connection" in await reason_for("orphan")
+        reg.detach(live.stream, owner)
+        clock.now += 13.0
+        reason = await reason_for("orphan")
+        assert "only its resume credential" in reason
+        assert f"expires in {TIMEOUT - 13:.0f} s" in reason and len(reason.encode()) <= 123
+        await reg.expire(clock.now + TIMEOUT)
+        assert "expired stream: only its resume credential reopens it" in await reason_for("orphan")
+        done, _ = await attach(reg, "done")
+        await reg.end(done.stream, End(0, 0))
+        assert "ended: choose another id" in await reason_for("done")
+
+    run(scenario())
+
+
+def test_an_invalid_stream_id_is_refused_naming_the_pattern(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        reg = make_registry(tmp_path, FakeClock())
+        with pytest.raises(Refusal) as e:
+            await reg.attach(Hello("a..b", FMT, FRAME), FakeOwner(reg))
+        assert e.value.code == CloseCode.BAD_HANDSHAKE
+        assert STREAM_ID_PATTERN in e.value.reason
 
     run(scenario())
 
