@@ -11,6 +11,9 @@ Exit status (docs/capture.md "Exit status"):
   gaps) or gaps the source reported (microphone overflows, device loss); one line says what;
 - 130: a second Ctrl-C abandoned the drain (the undelivered audio is kept as for 1).
 
+With a spool (docs/spool.md) the undelivered audio stays in the spool instead: running
+again with the same spool resumes the stream, `--drain` delivers it without capturing.
+
 Human output goes to stderr, except with `--status-json -`: then stderr carries only JSON
 lines and the human lines go to stdout, so a supervisor can parse stderr as it is.
 """
@@ -23,6 +26,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from capture.source import FrameSink, Source, SourceError
+from capture.spool import ResumeSink, dead_time_samples, default_spool_dir, list_spool
 from capture.status import StatusReporter
 from capture.tee import TeeSink
 from capture.undelivered import (
@@ -44,9 +49,11 @@ from uplink.client import UplinkResult, endpoint_url
 from uplink.config import PROFILES, UplinkConfig, build_config, flat_option_names
 from uplink.embed import AsyncUplink, new_stream_id
 from uplink.ring import OverflowPolicy, RingBuffer
+from uplink.spool import Recovered, Spool, SpoolError, SyncMode, SyncPolicy
 from uplink.wire import STREAM_ID_PATTERN, is_valid_stream_id, validate_labels
 
 PROG = "echopanel-capture"
+UNNAMED_SPOOL = "unnamed"  # the default spool of a capture without --stream-id
 DISTRIBUTION = "echopanel-uplink"
 
 
@@ -117,6 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: panel when stderr is a terminal)")
     out.add_argument("--status-json", metavar="PATH",
                      help="write JSON-lines status records to PATH ('-' for stderr)")
+    sp = p.add_argument_group("spool: captured audio survives a crash (docs/spool.md)")
+    sp.add_argument("--spool", metavar="DIR",
+                    help="keep unacknowledged audio in this directory, so a capture that "
+                    "crashed or was killed continues the same stream when run again "
+                    f"(default for the microphone: {default_spool_dir()}/STREAM_ID, or "
+                    f"/{UNNAMED_SPOOL} without --stream-id; off for --input)")
+    sp.add_argument("--no-spool", action="store_true",
+                    help="no spool, not even the microphone's default one")
+    sp.add_argument("--spool-sync", metavar="MODE",
+                    help="none, always (fdatasync before sending) or a number of seconds "
+                    "between syncs: what a power loss can cost (a crash needs no sync; "
+                    "default: 1 for the microphone, none for --input)")
+    sp.add_argument("--drain", action="store_true",
+                    help="capture nothing: deliver what the spool holds and end its stream")
+    sp.add_argument("--list-spool", action="store_true",
+                    help="show what the spool (default: every spool in the default directory) "
+                    "holds — stream id, seconds pending, age — and exit")
     src = p.add_argument_group("file input")
     src.add_argument("--input", metavar="FILE.wav", help="stream this WAV file instead of a microphone")
     src.add_argument("--speed", type=float, default=1.0,
@@ -223,10 +247,15 @@ class Loss:
     #: input overflows whose length the device timestamps could not tell: audio was lost,
     #: but the stream has no gap for it (capture/microphone.py `_on_status`)
     unmeasured_overflows: int = 0
+    #: the dead time of a capture resumed from its spool, recorded as one gap
+    dead_gaps: int = 0
+    dead_samples: int = 0
+    #: gaps an earlier (crashed) run had spooled, or corrupt spool records, sent now
+    earlier_samples: int = 0
 
     @property
     def samples(self) -> int:
-        return self.ring_samples + self.source_samples
+        return self.ring_samples + self.source_samples + self.dead_samples + self.earlier_samples
 
     @property
     def anything(self) -> bool:
@@ -240,6 +269,12 @@ class Loss:
         if self.source_gaps:
             parts.append(f"{self.source_gaps} gaps ({self.source_samples / rate:.2f} s) "
                          "reported by the source")
+        if self.dead_gaps:
+            parts.append(f"{self.dead_samples / rate:.2f} s while the capture was not running "
+                         "(resumed from its spool)")
+        if self.earlier_samples:
+            parts.append(f"{self.earlier_samples / rate:.2f} s in gaps from before the restart "
+                         "(spooled by the crashed run, or corrupt spool records)")
         if self.unmeasured_overflows:
             parts.append(f"{self.unmeasured_overflows} input overflows of unknown length "
                          "(not in the stored timeline)")
@@ -249,31 +284,142 @@ class Loss:
         return f"{head} — " + "; ".join(parts) + tail
 
 
+class DrainSource(Source):
+    """`--drain`: no audio at all; the uplink delivers what the spool restored into the
+    ring, then ends the stream."""
+
+    def __init__(self, recovered: Recovered, directory: Path) -> None:
+        self.format = recovered.meta.format
+        self.description = (f"spool {directory} (stream {recovered.meta.stream_id}, "
+                            f"{recovered.pending_seconds:.2f} s pending)")
+
+    def start(self, sink: FrameSink) -> None:
+        sink.close()
+
+    def stop(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+
+def spool_directory(args: argparse.Namespace) -> Path | None:
+    """--spool DIR; else the microphone's default: one directory per stream id under the
+    user's data directory (an unnamed stream uses `unnamed`), so the same command line
+    finds the same spool again, and captures with different ids never share one."""
+    if args.no_spool:
+        return None
+    if args.spool:
+        return Path(args.spool).expanduser()
+    if args.input and not args.drain:
+        return None
+    return default_spool_dir() / (args.stream_id or UNNAMED_SPOOL)
+
+
+def spool_sync(args: argparse.Namespace) -> SyncPolicy:
+    if args.spool_sync:
+        return SyncPolicy.parse(args.spool_sync)
+    return SyncPolicy(SyncMode.NONE) if args.input else SyncPolicy()
+
+
+class Events:
+    """Notes from any thread (microphone monitor, spool writer): held until the status
+    reporter exists, then passed on to it."""
+
+    def __init__(self) -> None:
+        self._reporter: StatusReporter | None = None
+        self._pending: list[str] = []
+
+    def event(self, message: str) -> None:
+        reporter = self._reporter
+        if reporter is not None:
+            reporter.event(message)
+        else:
+            self._pending.append(message)
+
+    def attach(self, reporter: StatusReporter) -> None:
+        self._reporter = reporter
+        for message in self._pending:
+            reporter.event(message)
+        self._pending.clear()
+
+
+@dataclass(slots=True)
+class Resume:
+    """A capture continuing the stream of a crashed one (from its spool)."""
+
+    recovered: Recovered
+    dead_samples: int | None = None  # known once the first block arrived (microphone)
+    resume_sink: ResumeSink | None = None
+
+    @property
+    def dead(self) -> int:
+        if self.resume_sink is not None:
+            return self.resume_sink.dead.samples or 0
+        return self.dead_samples or 0
+
+
 async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
     def frame_samples_for(rate: int) -> int:
         return max(1, round(rate * config.frame_ms / 1000))
 
     # with `--status-json -` the JSON owns stderr: human lines go to stdout instead
     human: TextIO = sys.stdout if args.status_json == "-" else sys.stderr
-    reporter: StatusReporter | None = None
-    pending_events: list[str] = []
+    events = Events()
+    on_event = events.event
+    spool_dir = spool_directory(args)
+    spool: Spool | None = None
+    if spool_dir is not None:
+        spool = Spool.open(spool_dir, spool_sync(args), on_problem=on_event)
+    try:
+        return await capture_with_spool(args, config, spool, spool_dir, human, events,
+                                        frame_samples_for)
+    finally:
+        if spool is not None:
+            spool.close()  # idempotent: finish() already closed an ended stream's spool
 
-    def on_event(message: str) -> None:
-        if reporter is not None:
-            reporter.event(message)
-        else:
-            pending_events.append(message)
 
-    source = open_source(args, frame_samples_for, on_event)
+async def capture_with_spool(args: argparse.Namespace, config: UplinkConfig,
+                             spool: Spool | None, spool_dir: Path | None, human: TextIO,
+                             events: Events, frame_samples_for: Callable[[int], int]) -> int:
+    on_event = events.event
+    recovered = spool.recovered if spool is not None else None
+    if args.drain:
+        if recovered is None or spool_dir is None:
+            print(f"{PROG}: nothing to drain: spool {spool_dir} holds no stream", file=human)
+            return ExitStatus.OK
+        source: Source = DrainSource(recovered, spool_dir)
+    else:
+        source = open_source(args, frame_samples_for, on_event)
     fmt = source.format
-    policy = overflow_policy(args)
-    stream_id = args.stream_id or new_stream_id()
-    # the embedding API is the capture's own path: one ring, cutter and client (docs/embedding.md)
-    uplink = AsyncUplink(args.server, stream_id=stream_id, rate=fmt.sample_rate,
-                         channels=fmt.channels, dtype=fmt.sample_type, token=args.token,
-                         config=config, overflow=policy, cafile=args.cafile,
-                         labels=dict(args.label) or None)
+    policy = overflow_policy(args) if not args.drain else OverflowPolicy.BLOCK
+    stream_id = args.stream_id or (recovered.meta.stream_id if recovered else new_stream_id())
+    spool_source = f"file:{args.input}" if args.input else "microphone"
+
+    def build(with_spool: Spool | None) -> AsyncUplink:
+        # the embedding API is the capture's own path: one ring, cutter and client
+        # (docs/embedding.md); the spool hangs off the same ring (docs/spool.md)
+        return AsyncUplink(args.server, stream_id=stream_id, rate=fmt.sample_rate,
+                           channels=fmt.channels, dtype=fmt.sample_type, token=args.token,
+                           config=config, overflow=policy, cafile=args.cafile,
+                           labels=dict(args.label) or None, spool=with_spool,
+                           spool_source=spool_source)
+
+    try:
+        uplink = build(spool)
+    except SpoolError as e:
+        if spool is None or recovered is not None:
+            raise
+        # no room for a new spool: capture anyway, from memory, and say so (never a crash)
+        on_event(f"{e}; capturing without a spool (audio is kept in memory only)")
+        spool.close()
+        spool = None
+        uplink = build(None)
     ring, client, cutter = uplink.ring, uplink.client, uplink.sink
+    if spool is not None:
+        low = spool.low_disk_warning()
+        if low is not None:
+            on_event(low)
 
     json_out: TextIO | None = None
     if args.status_json:
@@ -281,20 +427,40 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
     mode = "quiet" if args.quiet else args.status
     if mode == "auto":
         mode = "panel" if human.isatty() else "lines"
+    resume = Resume(recovered) if recovered is not None and not args.drain else None
+
+    def spool_status() -> dict[str, Any]:
+        if spool is None:
+            return {}
+        spooled = ring.spooled_seq
+        return {"spool": str(spool.directory), "spool_error": spool.error,
+                "spool_behind_frames": 0 if spooled is None else ring.tail_seq - spooled,
+                "resumed": recovered is not None,
+                "seconds_dead": round(resume.dead / fmt.sample_rate, 3) if resume else 0.0}
+
     reporter = StatusReporter(client, mode, stream_id=stream_id, json_out=json_out, err=human,
-                              source_stats=getattr(source, "stats", None))
+                              source_stats=getattr(source, "stats", None),
+                              spool_status=spool_status if spool is not None else None)
 
     sink: FrameSink = cutter
     tee = TeeSink(sink, args.tee, fmt) if args.tee else None
-    source.start(tee or sink)  # opens the device: errors surface here, before anything runs
+    outer: FrameSink = tee or sink
+    if resume is not None:
+        outer = start_resumed(resume, source, outer, fmt.sample_rate, fmt.block_align)
+    source.start(outer)  # opens the device: errors surface here, before anything runs
     print(f"stream_id: {stream_id}", flush=True)
     if not args.quiet:
         print(f"{PROG}: {source.description} → {client.url}\n"
               f"{PROG}: buffer {ring.capacity_seconds:.0f} s = {ring.memory_bytes / 1e6:.1f} MB "
               f"({policy.value} when full)", file=human, flush=True)
+        if spool is not None:
+            print(f"{PROG}: spool {spool.directory} ({spool.sync.describe()})", file=human,
+                  flush=True)
+        if recovered is not None:
+            print(f"{PROG}: {describe_recovery(recovered, resume, fmt.sample_rate)}",
+                  file=human, flush=True)
     reporter.start()
-    for message in pending_events:
-        reporter.event(message)
+    events.attach(reporter)
 
     loop = asyncio.get_running_loop()
     interrupts = 0
@@ -325,7 +491,7 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
     # a file counts --duration in audio seconds (WavFileSource.max_samples); a microphone
     # produces audio at wall-clock speed, so a timer is the same thing
     timer = None
-    if args.duration and not args.input:
+    if args.duration and not args.input and not args.drain:
         timer = loop.call_later(args.duration, stop_capture,
                                 "capture stopped after --duration: delivering what is buffered")
     try:
@@ -341,17 +507,77 @@ async def run_capture(args: argparse.Namespace, config: UplinkConfig) -> int:
     try:
         if tee is not None and tee.error is not None:
             print(f"{PROG}: warning: --tee {args.tee}: {tee.error}", file=human)
-        kept: UndeliveredAudio | OSError | None = None
+        kept: UndeliveredAudio | OSError | Path | None = None
+        spool_kept = spool is not None and spool.error is None
+        if spool is not None:
+            await asyncio.to_thread(spool.finish if result.ok else spool.close)
         if not result.ok:
-            kept = await asyncio.to_thread(keep_undelivered, ring, args, stream_id, source)
-        loss = Loss(result.stats.ring.frames_dropped, result.stats.ring.samples_dropped,
-                    cutter.gaps, cutter.samples_gapped, unmeasured_overflows(source))
+            if spool_kept:
+                assert spool is not None
+                kept = spool.directory
+            else:
+                kept = await asyncio.to_thread(keep_undelivered, ring, args, stream_id, source)
+        loss = measure_loss(result, uplink, source, resume)
         status = report(result, source, loss, kept, interrupts, args.quiet, human)
         reporter.finished(int(status), **summary_fields(result, loss, kept, fmt.sample_rate))
         return status
     finally:
         if json_out is not None and json_out is not sys.stderr:
             json_out.close()
+
+
+def start_resumed(resume: Resume, source: Source, sink: FrameSink, rate: int,
+                  block_align: int) -> FrameSink:
+    """Continue a crashed capture's stream: the time it was dead becomes one gap.
+
+    A microphone measures it when its first block arrives (ResumeSink). A file read in real
+    time stands in for a live source: the gap is the wall-clock dead time and the file
+    continues that much further on, so stored audio stays where the source had it. A file
+    read as fast as possible (--speed 0) had no dead time: it continues where it stopped.
+    """
+    from capture.wav_source import WavFileSource
+
+    end = resume.recovered.span.end_sample
+    if isinstance(source, WavFileSource):
+        gap = dead_time_samples(resume.recovered, time.time(), rate) if source.speed > 0 else 0
+        resume.dead_samples = gap
+        source.start_sample = end + gap
+        sink.gap(gap)
+        return sink
+    resume.resume_sink = ResumeSink(sink, resume.recovered, rate, block_align)
+    return resume.resume_sink
+
+
+def describe_recovery(recovered: Recovered, resume: Resume | None, rate: int) -> str:
+    meta = recovered.meta
+    text = (f"resuming stream {meta.stream_id} from its spool: "
+            f"{recovered.pending_seconds:.2f} s not yet acknowledged")
+    if resume is not None and resume.dead_samples is not None:
+        text += f"; {resume.dead_samples / rate:.2f} s of dead time recorded as a gap"
+    elif resume is not None:
+        text += "; the time the capture was not running is recorded as a gap"
+    problems = recovered.problems()
+    if recovered.lost_front:
+        problems.append(f"{recovered.lost_front} frames the spool no longer held are a gap")
+    if not meta.credential:
+        problems.append("the server never confirmed the stream: it is created now")
+    return text + "".join(f"; {p}" for p in problems)
+
+
+def measure_loss(result: UplinkResult, uplink: AsyncUplink, source: Source,
+                 resume: Resume | None) -> Loss:
+    cutter = uplink.sink
+    dead = resume.dead if resume is not None else 0
+    dead_gaps = 1 if dead else 0
+    ring = result.stats.ring
+    source_gaps = cutter.gaps - dead_gaps
+    source_samples = cutter.samples_gapped - dead
+    recorded = sum(end - start for start, end in uplink.client.core.gaps_acked)
+    earlier = 0
+    if uplink.spool is not None and uplink.spool.recovered is not None:
+        earlier = max(0, recorded - ring.samples_dropped - source_samples - dead)
+    return Loss(ring.frames_dropped, ring.samples_dropped, source_gaps, source_samples,
+                unmeasured_overflows(source), dead_gaps, dead, earlier)
 
 
 def unmeasured_overflows(source: Source) -> int:
@@ -394,8 +620,8 @@ def keep_undelivered(ring: RingBuffer, args: argparse.Namespace, stream_id: str,
         return e
 
 
-def summary_fields(result: UplinkResult, loss: Loss, kept: UndeliveredAudio | OSError | None,
-                   rate: int) -> dict[str, Any]:
+def summary_fields(result: UplinkResult, loss: Loss,
+                   kept: UndeliveredAudio | OSError | Path | None, rate: int) -> dict[str, Any]:
     c = result.stats.counters
     fields: dict[str, Any] = {
         "ok": result.ok,
@@ -406,8 +632,11 @@ def summary_fields(result: UplinkResult, loss: Loss, kept: UndeliveredAudio | OS
         "seconds_lost": round(loss.samples / rate, 3),
         "source_gaps": loss.source_gaps,
         "unmeasured_overflows": loss.unmeasured_overflows,
+        "seconds_dead": round(loss.dead_samples / rate, 3),
         "undelivered_seconds": round(result.stats.ring.buffered_seconds, 3),
     }
+    if isinstance(kept, Path):
+        fields["undelivered_spool"] = str(kept)
     if isinstance(kept, UndeliveredAudio):
         fields["undelivered_path"] = str(kept.path)
         fields["undelivered_start_sample"] = kept.start_sample
@@ -420,11 +649,11 @@ def delivered_frames(result: UplinkResult, loss: Loss) -> int:
     acked = result.stats.counters.acked_seq
     if not result.ok:
         return max(0, acked - loss.ring_frames)  # source gaps may be among the unacked
-    return acked - loss.ring_frames - loss.source_gaps
+    return max(0, acked - loss.ring_frames - loss.source_gaps - loss.dead_gaps)
 
 
 def report(result: UplinkResult, source: Source, loss: Loss,
-           kept: UndeliveredAudio | OSError | None, interrupts: int, quiet: bool,
+           kept: UndeliveredAudio | OSError | Path | None, interrupts: int, quiet: bool,
            out: TextIO) -> ExitStatus:
     s = result.stats
     c = s.counters
@@ -453,12 +682,20 @@ def report(result: UplinkResult, source: Source, loss: Loss,
     elif isinstance(kept, UndeliveredAudio):
         where = (f"kept in {kept.path} (starts at sample {kept.start_sample}, "
                  f"{kept.start_sample / rate:.2f} s into the stream)")
+    elif isinstance(kept, Path):
+        where = (f"kept in the spool {kept} (run again with the same spool to continue the "
+                 "stream, or --drain to deliver it)")
     elif isinstance(kept, OSError):
         where = f"could not keep it: {kept}"
     else:
         where = "nothing to keep"
+    hint = ""
+    if getattr(result.error, "code", None) == 4409:
+        # §2: the id is taken by a stream this run cannot resume (its credential is elsewhere)
+        hint = (" — the server already has this stream id; an interrupted capture continues "
+                "only with its spool (--spool DIR)")
     print(
-        f"{PROG}: error: {result.error}; {s.ring.buffered_seconds:.2f} s of captured audio "
+        f"{PROG}: error: {result.error}{hint}; {s.ring.buffered_seconds:.2f} s of captured audio "
         f"({s.ring.held_frames} frames) not delivered: {where}",
         file=out,
     )
@@ -474,6 +711,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SourceError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return ExitStatus.FATAL
+    if args.no_spool and (args.spool or args.drain or args.list_spool):
+        parser.error("--no-spool contradicts --spool, --drain and --list-spool")
+    if args.drain and args.input:
+        parser.error("--drain delivers a spool without capturing: it takes no --input")
+    if args.spool_sync is not None:
+        try:
+            SyncPolicy.parse(args.spool_sync)
+        except ValueError as e:
+            parser.error(f"--spool-sync: {e}")
+    if args.list_spool:
+        # without --spool: every spool under the default directory
+        root = default_spool_dir()
+        dirs = ([Path(args.spool).expanduser()] if args.spool else
+                sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else [])
+        try:
+            print("\n".join(line for d in dirs for line in list_spool(d))
+                  or f"no spools under {root}")
+        except SpoolError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return ExitStatus.FATAL
+        return ExitStatus.OK
     if args.stream_id is not None and not is_valid_stream_id(args.stream_id):
         parser.error(f"--stream-id {args.stream_id!r} is not a valid stream id: it must match "
                      f"{STREAM_ID_PATTERN} (docs/protocol.md §1)")
@@ -499,7 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     try:
         return asyncio.run(run_capture(args, config))
-    except (SourceError, ValueError, OSError) as e:
+    except (SourceError, SpoolError, ValueError, OSError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return ExitStatus.FATAL
     except KeyboardInterrupt:

@@ -66,6 +66,8 @@ class StatusReporter:
     refresh_hz: float = 8.0
     #: the microphone's counters (overflows, device errors, reopens), when there is one
     source_stats: Callable[[], Any] | None = None
+    #: the spool's fields for status records (capture/cli.py), when a spool is on
+    spool_status: Callable[[], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self._started = time.monotonic()
@@ -201,8 +203,10 @@ class StatusReporter:
             "reconnects": stats.counters.reconnects,
             "frames_replayed": stats.counters.frames_replayed,
             "frames_dropped": ring.frames_dropped,
+            "samples_dropped": ring.samples_dropped,
             "breaker": stats.breaker,
             **self._source_counters(),
+            **(self.spool_status() if self.spool_status is not None else {}),
         }
 
     def _source_counters(self) -> dict[str, Any]:

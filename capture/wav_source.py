@@ -72,6 +72,8 @@ class WavFileSource(Source):
         self.max_samples = max_samples
         self.block_samples = max(1, round(block_seconds * self.format.sample_rate))
         self.samples_emitted = 0
+        #: begin at this sample frame of the file (a capture resumed from its spool)
+        self.start_sample = 0
         self._clock = clock
         self._stopping = threading.Event()
         self._sleep: Sleep = sleep if sleep is not None else self._stopping.wait
@@ -125,11 +127,12 @@ class WavFileSource(Source):
         align = self.format.block_align
         rate = self.format.sample_rate
         buf = memoryview(bytearray(self.block_samples * align))
-        remaining = self.info.data_bytes
+        skip = min(self.start_sample * align, self.info.data_bytes)
+        remaining = self.info.data_bytes - skip
         if self.max_samples is not None:
-            remaining = min(remaining, self.max_samples * align)
+            remaining = max(0, min(remaining, self.max_samples * align - skip))
         with open(self.path, "rb") as f:
-            f.seek(self.info.data_offset)
+            f.seek(self.info.data_offset + skip)
             start = self._clock()
             while remaining and not self._stopping.is_set():
                 n = min(len(buf), remaining)

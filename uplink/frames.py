@@ -53,6 +53,10 @@ class FrameCutter:
         self._pending = memoryview(bytearray(self._frame_bytes))
         self._fill = 0  # bytes of the partial frame held in _pending
         self._closed = False
+        # the ring stamps the wall-clock time of sample 0 at its first push (§2 wall_time);
+        # a block longer than a frame began that much earlier, so the cutter stamps it
+        # with the whole block's length first (once; None for rings without a clock)
+        self._stamp: Callable[[int], None] | None = getattr(ring, "stamp_wall_time", None)
         self.samples_written = 0  # sample frames accepted by write()
         self.samples_gapped = 0  # sample frames reported lost by gap()
         self.gaps = 0  # gap() calls that lost at least one sample (one GAP slot each)
@@ -74,6 +78,9 @@ class FrameCutter:
             raise ValueError(f"block of {n} bytes is not whole {self._align}-byte sample frames")
         if self._tee is not None:
             self._tee(view)
+        if self._stamp is not None:
+            self._stamp(self._fill // self._align + n // self._align)
+            self._stamp = None
         self.samples_written += n // self._align
         pos = 0
         frame = self._frame_bytes

@@ -283,6 +283,12 @@ class RingBuffer:
         with self._lock:
             self._aborted = False
 
+    def stamp_wall_time(self, nsamples: int) -> None:
+        """The producer's first block of `nsamples` just arrived (FrameCutter): sample 0 was
+        captured that long ago. No effect once stamped. Producer thread only."""
+        if self._wall_time is None:
+            self._stamp_wall_time(nsamples)
+
     def _stamp_wall_time(self, nsamples: int) -> None:
         # only the producer thread pushes, so only it writes this, once
         self._wall_time = self._wall_clock() - nsamples / self.format.sample_rate
