@@ -511,6 +511,9 @@ async def capture_with_spool(args: argparse.Namespace, config: UplinkConfig,
         spool_kept = spool is not None and spool.error is None
         if spool is not None:
             await asyncio.to_thread(spool.finish if result.ok else spool.close)
+            if result.ok and not args.spool:
+                with contextlib.suppress(OSError):
+                    spool.directory.rmdir()  # a default per-stream directory, now empty
         if not result.ok:
             if spool_kept:
                 assert spool is not None

@@ -407,7 +407,7 @@ class Uplink:
                  overflow: str | OverflowPolicy = OverflowPolicy.DROP_OLDEST,
                  on_state: StateHook | None = None, on_gap: GapHook | None = None,
                  config: UplinkConfig | None = None, cafile: str | None = None,
-                 labels: dict[str, str] | None = None) -> None:
+                 labels: dict[str, str] | None = None, spool: Spool | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="uplink", daemon=True)
         self._push_lock = threading.Lock()  # the frame cutter has one producer at a time
@@ -418,7 +418,7 @@ class Uplink:
                                dtype=dtype, token=token, profile=profile,
                                buffer_seconds=buffer_seconds, overflow=overflow,
                                on_state=on_state, on_gap=on_gap, config=config,
-                               cafile=cafile, labels=labels)
+                               cafile=cafile, labels=labels, spool=spool)
 
         self._thread.start()
         try:

@@ -614,6 +614,10 @@ class Spool:
                 self.meta = replace(self.meta, ended=True)
                 write_meta(self.directory, self.meta, sync=False)
             self._remove_files()
+        # nothing is left to guard: a process that opened the old lock file first still
+        # waits on our flock until close(); one that comes later creates a new one
+        with contextlib.suppress(OSError):
+            (self.directory / LOCK_NAME).unlink()
         self.close()
 
     def close(self) -> None:

@@ -217,3 +217,24 @@ def test_sync_policy_parsing() -> None:
         SyncPolicy.parse("sometimes")
     with pytest.raises(ValueError):
         SyncPolicy.parse("0")
+
+
+def test_a_failing_spool_turns_itself_off_and_says_so(tmp_path: Path) -> None:
+    problems: list[str] = []
+    spool = Spool.open(tmp_path, SyncPolicy(SyncMode.ALWAYS), on_problem=problems.append)
+    ring = RingBuffer(MONO16, FS, 1.0)
+    spool.create("spool-test", MONO16, FS, ring.slots)
+    spool.attach(ring)
+    ring.push(frame(0))
+    fd = spool._fd  # noqa: SLF001 - break the disk under the writer
+    assert fd is not None
+    os.close(fd)
+    ring.push(frame(1))
+    spool.stop()
+    assert spool.error is not None and "spool write failed" in spool.error
+    assert problems and "kept in memory only" in problems[0]
+    assert ring.spooled_seq is None  # the uplink reads everything again
+    run = ring.read(0, 10, 1 << 20)
+    assert isinstance(run, AudioRun) and run.count == 2
+    spool._fd = None  # noqa: SLF001 - already closed above
+    spool.close()
