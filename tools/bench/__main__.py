@@ -35,12 +35,15 @@ from types import FrameType
 from typing import Any, get_args
 
 from tools.bench import capacity, catchup, footprint, latency, profiling, restart
+from tools.bench import spool as spool_bench
 from tools.bench.report import Row, markdown_table, write_results
 from tools.bench.servers import Target
 from tools.bench.stats import cpu_jiffies, machine_activity, machine_facts
 from tools.ingest_process import REPO_ROOT
 
 BENCHMARKS = ("catchup", "latency", "capacity", "footprint", "restart")
+# run only when named in --only (e.g. `--only spool`): not part of the default suite yet
+OPTIONAL_BENCHMARKS = ("spool",)
 
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -51,6 +54,7 @@ MODES: dict[str, dict[str, Any]] = {
             client_seconds=15.0, client_warmup=3.0, client_repeats=3, idle_streams=200,
             idle_repeats=3, soak_seconds=90.0, soak_warmup=20.0),
         "restart": restart.RestartSettings(),
+        "spool": spool_bench.SpoolSettings(seconds=30.0, warmup=3.0, repeats=1),
     },
     "full": {
         "catchup": catchup.CatchupSettings(repeats=10),
@@ -60,6 +64,7 @@ MODES: dict[str, dict[str, Any]] = {
             client_seconds=60.0, client_warmup=5.0, client_repeats=3, idle_streams=500,
             idle_repeats=3, soak_seconds=600.0, soak_warmup=45.0),
         "restart": restart.RestartSettings(real_downs=(1.0, 2.0, 3.0, 5.0, 8.0)),
+        "spool": spool_bench.SpoolSettings(seconds=60.0, warmup=5.0, repeats=3),
     },
     "smoke": {
         "catchup": catchup.CatchupSettings(backlog_seconds=2.0, repeats=1, warmup=0),
@@ -72,6 +77,7 @@ MODES: dict[str, dict[str, Any]] = {
             idle_repeats=1, idle_settle_seconds=0.2, soak_seconds=1.5, soak_fault_interval=1.0,
             soak_warmup=0.5),
         "restart": restart.RestartSettings(restarts=10, real_downs=(1.0,), profiles=("live",)),
+        "spool": spool_bench.SpoolSettings(seconds=0.5, warmup=0.2, repeats=1),
     },
 }
 
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=sorted(MODES), default="quick")
     ap.add_argument("--only", default=",".join(BENCHMARKS),
-                    help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+                    help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all), "
+                    f"or of the optional {','.join(OPTIONAL_BENCHMARKS)}")
     ap.add_argument("--results", type=Path, default=None,
                     help="results directory (default bench-results/<time>-<mode>)")
     ap.add_argument("--profile", action="store_true", help="also record py-spy profiles")
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     only = [b.strip() for b in args.only.split(",") if b.strip()]
-    unknown = set(only) - set(BENCHMARKS)
+    unknown = set(only) - set(BENCHMARKS) - set(OPTIONAL_BENCHMARKS)
     if unknown:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     settings = dict(MODES[args.mode])
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "capacity": lambda s, w: capacity.run(s, w, log),
         "footprint": lambda s, w: footprint.run(s, w, log),
         "restart": restart.run,
+        "spool": spool_bench.run,
     }
     with tempfile.TemporaryDirectory(prefix="echopanel-bench-") as tmp:
         for name in only:
