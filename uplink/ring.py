@@ -417,6 +417,12 @@ class RingBuffer:
                 if not self._evicted or from_seq < self._evicted[0].seq:
                     raise ValueError(f"seq {from_seq} was already released (head {self._head})")
                 count = min(self._head - from_seq, MAX_COUNT)
+                if self._spooled is not None:
+                    # a GAP is write-ahead too: once the server acks it, a restarted capture
+                    # must find a spooled record at or past its end (uplink/spool.py)
+                    count = min(count, self._spooled - from_seq)
+                    if count <= 0:
+                        return None
                 return GapRun(
                     from_seq, count, self._sample_at(from_seq), self._sample_at(from_seq + count)
                 )

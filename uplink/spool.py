@@ -24,8 +24,9 @@ float32: 384 KB plus 1.6 KB).
 The writer thread (never the audio callback) copies each item out of the ring and writes
 it; only then does the ring let the uplink send it (``RingBuffer.enable_write_ahead``). So
 whatever the server acknowledged is also in the spool, and a restarted capture replays from
-wherever the server's welcome says (docs/protocol.md §2, §8). Before a record overwrites its
-slot, the header records the ring's latest ack; records below it are not needed. Records
+wherever the server's welcome says (docs/protocol.md §2, §8). About once a second the header
+records the ring's latest ack (records below it are not needed; an older one only means a
+restart keeps and replays a little more, which the server's welcome trims). Records
 that are lost anyway (overwritten by drop-oldest, or torn or corrupt) become an explicit gap,
 never a splice (``recover``).
 
@@ -69,6 +70,7 @@ RECORD_MAGIC = b"EPRC"
 RECORD_BYTES = RECORD.size + 4  # + CRC-32
 LOW_DISK_BYTES = 256 * 1024 * 1024  # free space below this after opening is reported
 WRITER_IDLE_WAKE = 0.25  # s: the writer also wakes this often to record acks
+HEADER_INTERVAL = 1.0  # s: the header's ack is rewritten at most this often
 
 
 class SpoolError(Exception):
@@ -238,10 +240,15 @@ def _unpack_header(raw: bytes) -> tuple[int, int, int, int, int] | None:
     return slots, frame_bytes, acked, sample, counter
 
 
-def _pack_record(item: SlotCopy) -> bytes:
+_CRC = struct.Struct("<I")
+
+
+def _record_head(item: SlotCopy) -> bytes:
+    """The record header with its CRC (over the header and the payload): written together
+    with the payload by one pwritev, without concatenating them."""
     head = RECORD.pack(RECORD_MAGIC, item.kind, item.seq, item.sample_pos, item.nsamples)
-    crc = zlib.crc32(item.payload, zlib.crc32(head))
-    return head + struct.pack("<I", crc) + item.payload
+    return head + _CRC.pack(zlib.crc32(item.payload, zlib.crc32(head)))
+
 
 
 class _Slot(Enum):
@@ -378,11 +385,16 @@ class Spool:
         self._fd: int | None = None
         self._ring: RingBuffer | None = None
         self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
+        # a binary semaphore, cheaper on the audio path than threading.Event (no Python-level
+        # Condition): the producer releases it (once per push at most: already released is
+        # fine), the writer acquires it; a wake-up is never lost, only merged
+        self._signal = threading.Lock()
+        self._signal.acquire()
         self._stop = False
         self._next_seq = 0
         self._header_counter = 0
         self._header_acked: tuple[int, int] | None = None
+        self._header_at = -HEADER_INTERVAL
         self._meta_dirty = False
         self._meta_lock = threading.Lock()
 
@@ -476,7 +488,7 @@ class Spool:
                 os.posix_fallocate(self._fd, 0, data_size(meta.slots, meta.frame_bytes))
             except OSError as e:
                 raise SpoolError(f"cannot reopen {path}: {e.strerror or e}") from e
-        ring.enable_write_ahead(self._wake.set)
+        ring.enable_write_ahead(self.wake)
         if self.recovered is not None:
             ring.restore(self.recovered.span)
             self._header_acked = (self.recovered.span.acked_seq,
@@ -485,6 +497,11 @@ class Spool:
         self._ring = ring
         self._thread = threading.Thread(target=self._writer, name="spool-writer", daemon=True)
         self._thread.start()
+
+    def wake(self) -> None:
+        """Something was pushed (or the ring closed): the writer has work. Any thread."""
+        with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
+            self._signal.release()
 
     def record_credential(self, epoch: int, credential: str) -> None:
         """The server created (or confirmed) the stream: keep what resumes it. Called on the
@@ -508,11 +525,10 @@ class Spool:
         last_sync = time.monotonic()
         dirty = False
         while True:
-            self._wake.wait(WRITER_IDLE_WAKE)
-            self._wake.clear()
+            self._signal.acquire(timeout=WRITER_IDLE_WAKE)
             stop = self._stop
             try:
-                wrote = self._write_pending(ring)
+                wrote = self._write_pending(ring, final=stop)
                 dirty = dirty or wrote
                 now = time.monotonic()
                 policy = self.sync
@@ -529,7 +545,7 @@ class Spool:
             if stop:
                 return
 
-    def _write_pending(self, ring: RingBuffer) -> bool:
+    def _write_pending(self, ring: RingBuffer, final: bool = False) -> bool:
         fd = self._fd
         meta = self.meta
         assert fd is not None and meta is not None
@@ -539,8 +555,12 @@ class Spool:
                 meta.wall_time = ring.wall_time
                 write_meta(self.directory, meta, sync=False)
         acked = ring.acked_point
-        if acked != self._header_acked:
-            # before any record below overwrites a slot: the ack says what is not needed
+        now = time.monotonic()
+        if acked != self._header_acked and (final or now - self._header_at >= HEADER_INTERVAL):
+            # the ack says what a restart need not replay; a stale one is safe (recover()
+            # keeps more, and the server's welcome trims it), so it is written at most once
+            # a HEADER_INTERVAL: a 64-byte write per frame costs more than the frame's own
+            self._header_at = now
             self._header_counter += 1
             offset = HEADER_OFFSETS[self._header_counter % 2]
             os.pwrite(fd, _pack_header(meta.slots, meta.frame_bytes, *acked,
@@ -549,34 +569,31 @@ class Spool:
             wrote = True
         tail = ring.tail_seq
         slot_bytes = RECORD_BYTES + meta.frame_bytes
-        batch: list[bytes] = []
-        batch_slot = -1
+        buffers: list[bytes] = []  # header, payload, padding ... for consecutive slots
+        first_slot = next_slot = -1
         for seq in range(self._next_seq, tail):
             item = ring.copy_item(seq)
             if item is None:
                 continue  # acked or evicted before it could be written
             slot = seq % meta.slots
-            record = _pack_record(item)
-            if batch and slot == batch_slot + len(batch) and len(batch) < 256:
+            if slot != next_slot or len(buffers) >= 3 * 256:
+                self._flush(fd, buffers, first_slot, slot_bytes)
+                buffers, first_slot = [], slot
+            elif buffers and (pad := slot_bytes - RECORD_BYTES - len(buffers[-1])):
                 # a short record leaves room in its slot: pad so the next lands in its own
-                batch[-1] = batch[-1].ljust(slot_bytes, b"\0")
-                batch.append(record)
-                continue
-            self._flush_batch(fd, batch, batch_slot, slot_bytes)
-            batch, batch_slot = [record], slot
-        self._flush_batch(fd, batch, batch_slot, slot_bytes)
+                buffers.append(bytes(pad))
+            buffers += [_record_head(item), item.payload]
+            next_slot = slot + 1
+        self._flush(fd, buffers, first_slot, slot_bytes)
         if tail > self._next_seq:
             wrote = True
             self.stats.records_written += tail - self._next_seq
         self._next_seq = tail
         return wrote
 
-    def _flush_batch(self, fd: int, batch: list[bytes], slot: int, slot_bytes: int) -> None:
-        if not batch:
-            return
-        offset = DATA_OFFSET + slot * slot_bytes
-        written = os.pwritev(fd, batch, offset)
-        self.stats.bytes_written += written
+    def _flush(self, fd: int, buffers: list[bytes], slot: int, slot_bytes: int) -> None:
+        if buffers:
+            self.stats.bytes_written += os.pwritev(fd, buffers, DATA_OFFSET + slot * slot_bytes)
 
     def _fail(self, message: str) -> None:
         """The spool cannot continue: stream on from memory only, say so once."""
@@ -602,7 +619,7 @@ class Spool:
         thread = self._thread
         if thread is not None:
             self._stop = True
-            self._wake.set()
+            self.wake()
             thread.join(timeout)
             self._thread = None
 

@@ -72,8 +72,8 @@ def test_the_ring_sends_only_what_the_spool_wrote(tmp_path: Path) -> None:
     ring.on_push = None  # hold the writer back: nothing spooled yet
     ring.push(frame(0))
     assert ring.read(0, 10, 1 << 20) is None
-    spool._wake.set()  # noqa: SLF001 - the writer's own wake-up
-    ring.on_push = spool._wake.set  # noqa: SLF001
+    spool.wake()
+    ring.on_push = spool.wake
     ring.push(frame(1))
     spool.stop()
     run = ring.read(0, 10, 1 << 20)
@@ -89,7 +89,7 @@ def test_crash_and_restore_gives_back_exactly_the_unacked_items(tmp_path: Path) 
     ring.push_gap(480)
     ring.push(frame(22))
     ring.ack(5, 5 * FS)
-    spool._wake.set()  # noqa: SLF001 - record the ack in the header
+    spool.wake()  # record the ack in the header
     crash(spool)
     assert stat.S_IMODE(os.stat(tmp_path / META_NAME).st_mode) == 0o600
 
@@ -153,7 +153,7 @@ def test_drop_oldest_overflow_is_one_gap_after_restore(tmp_path: Path) -> None:
     spool, ring = new_spooled(tmp_path, slots_seconds=0.2)  # 10 slots
     for i in range(25):
         ring.push(frame(i))
-        spool._wake.set()  # noqa: SLF001
+        spool.wake()
     crash(spool)
     spool2, ring2 = reopen(tmp_path)
     rec = spool2.recovered
@@ -238,3 +238,17 @@ def test_a_failing_spool_turns_itself_off_and_says_so(tmp_path: Path) -> None:
     assert isinstance(run, AudioRun) and run.count == 2
     spool._fd = None  # noqa: SLF001 - already closed above
     spool.close()
+
+
+def test_a_front_gap_is_sent_only_once_the_writer_passed_it() -> None:
+    ring = RingBuffer(MONO16, FS, 0.1)  # 5 slots
+    ring.enable_write_ahead(lambda: None)
+    for i in range(8):
+        ring.push(frame(i))  # 3 evicted, nothing spooled
+    assert ring.read(0, 10, 1 << 20) is None
+    ring.mark_spooled(2)
+    gap = ring.read(0, 10, 1 << 20)
+    assert isinstance(gap, GapRun) and (gap.seq, gap.count) == (0, 2)
+    ring.mark_spooled(8)
+    rest = ring.read(2, 10, 1 << 20)
+    assert isinstance(rest, GapRun) and (rest.seq, rest.count) == (2, 1)

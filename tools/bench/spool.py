@@ -146,7 +146,10 @@ def usage(port: int, with_spool: bool, seconds: float, warmup: float) -> SpoolUs
     try:
         if not parent.poll(seconds + warmup + 60.0):
             raise TimeoutError("spool probe did not finish")
-        tag, value = parent.recv()
+        try:
+            tag, value = parent.recv()
+        except EOFError:
+            raise RuntimeError(f"spool probe died (exit code {proc.exitcode})") from None
     finally:
         proc.join(10.0)
         if proc.is_alive():
