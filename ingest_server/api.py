@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from .auth import Denial
+from .discovery import event_stream
 from .metrics import CONTENT_TYPE
 from .service import IngestService
 from .storage import Gap, JournalWav, StreamMeta, is_valid_stream_id, parse_utc, utc_now
@@ -201,8 +202,12 @@ METRICS_ROUTE: dict[str, Any] = {
 
 
 @router.get("/v1/streams", response_model=StreamList)
-async def list_streams(request: Request) -> StreamList:
-    streams = sorted(_service(request).registry.streams.values(), key=lambda s: s.stream_id)
+async def list_streams(request: Request,
+                       state: Literal["open", "finalized"] | None = None) -> StreamList:
+    """Every stream, or those in one `state` (`?state=open`: the ones to listen to)."""
+    streams = sorted((s for s in _service(request).registry.streams.values()
+                      if state is None or s.meta.state.value == state),
+                     key=lambda s: s.stream_id)
     return StreamList.model_validate({"streams": [_summary(s) for s in streams]})
 
 
@@ -217,6 +222,19 @@ async def get_stream(stream_id: str, request: Request) -> StreamDetail:
         "reopened": stream.meta.reopened,
         "gaps": [_gap(g, stream.meta) for g in stream.gaps],
     })
+
+
+@router.get("/v1/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "Server-Sent Events: a `snapshot` of the open "
+                             "streams, then `stream` events (opened, resumed, disconnected, "
+                             "gap, finalized); docs/protocol.md §12.4"}},
+            summary="Discovery: stream events as Server-Sent Events")
+async def events(request: Request) -> StreamingResponse:
+    registry = _service(request).registry
+    return StreamingResponse(event_stream(registry, registry.events),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def _gap(gap: Gap, meta: StreamMeta) -> dict[str, object]:

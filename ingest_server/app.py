@@ -57,6 +57,10 @@ def create_app(config: ServerConfig, *, clock: Callable[[], float] = time.monoto
     async def stream_endpoint(websocket: WebSocket) -> None:
         await service.handle(websocket)
 
+    @app.websocket("/v1/streams/{stream_id}/listen")
+    async def listen_endpoint(websocket: WebSocket, stream_id: str) -> None:
+        await service.handle_listen(websocket, stream_id)  # §12 live listeners
+
     @app.websocket("/{path:path}")
     async def unknown_path(websocket: WebSocket) -> None:
         # Starlette would answer 403; a 404 tells a client it has the wrong URL (§7: fatal).

@@ -62,6 +62,8 @@ class ServerConfig:
     # details response, so a client sending tiny gaps must not grow them without end.
     max_gaps: int = 10000
     retention_days: float = 0.0  # 0: keep finalized streams forever
+    # a live listener whose send is blocked this long is closed with 4429 (protocol §12.5)
+    listener_stall_timeout: float = 10.0
     public_metrics: bool = False  # True: /metrics needs no token
     # False skips os.fsync (benchmarks only): acks then no longer mean durable (§4).
     fsync: bool = True
@@ -76,7 +78,7 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} outside 0..65535")
         for name in ("handshake_timeout", "idle_timeout", "session_timeout", "max_frame_seconds",
-                     "max_stream_seconds", "max_message_rate"):
+                     "max_stream_seconds", "max_message_rate", "listener_stall_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("max_inflight_frames", "max_connections", "max_connections_per_token",
@@ -126,6 +128,8 @@ _HELP: dict[str, tuple[str, str]] = {
                  " gaps"),
     "retention_days": ("delete finalized streams this many days after they ended "
                        "(0: never)", " days"),
+    "listener_stall_timeout": ("seconds a live listener may stop reading before it is closed "
+                               "with 4429", " s"),
     "public_metrics": ("serve /metrics without a token", ""),
     "fsync": ("fsync before acking (off is for benchmarks only)", ""),
     "sync_mode": ("how acked audio is made durable: syncfs (one flush for all streams), "

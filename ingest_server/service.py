@@ -27,6 +27,7 @@ from .auth import Authenticator, Denial, Principal
 from .commit import make_committer
 from .config import ServerConfig
 from .connection import Connection
+from .listen import FromError, ListenerHub, parse_from
 from .metrics import Gauges, Metrics
 from .sessions import Registry
 from .storage import Store
@@ -73,6 +74,7 @@ class IngestService:
                                  executor=self.executor, metrics=self.metrics,
                                  committer=self.committer)
         self.connections: set[Connection] = set()
+        self.listeners = ListenerHub(self.registry, self.store, config)  # §12 live listeners
         self.per_token: dict[str | None, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.metrics.watch(self._gauges)
@@ -131,6 +133,33 @@ class IngestService:
                 self.per_token[token] = left
             else:
                 del self.per_token[token]
+
+    async def handle_listen(self, ws: WebSocket, stream_id: str) -> None:
+        """§12: a live listener. Refusals are HTTP answers to the upgrade (like §10)."""
+        query = ws.scope.get("query_string", b"").decode("latin-1")
+        result = self.authenticate(ws.headers.getlist("authorization"), query)
+        if isinstance(result, Denial):
+            await self._refuse(ws, result.status, result.reason, result.detail, result.headers)
+            return
+        stream = self.registry.streams.get(stream_id)
+        if stream is None:
+            await deny(ws, 404, f"unknown stream {stream_id[:64]!r}")
+            return
+        if self.registry.shutting_down:
+            await deny(ws, 503, "server shutting down", {"Retry-After": RETRY_AFTER})
+            return
+        if len(self.listeners.listeners) >= self.config.max_connections:
+            self.metrics.rejections["max_connections"] += 1
+            await deny(ws, 503, f"server at its limit of {self.config.max_connections} "
+                       "listeners", {"Retry-After": RETRY_AFTER})
+            return
+        try:
+            start = parse_from(ws.query_params.get("from"), stream.meta.format.sample_rate,
+                               stream.durable.next_sample)
+        except FromError as e:
+            await deny(ws, 400, str(e))
+            return
+        await self.listeners.serve(ws, stream, start)
 
     @staticmethod
     async def _refuse(ws: WebSocket, status: int, reason: str, detail: str,
@@ -196,6 +225,8 @@ class IngestService:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        self.registry.shutting_down = True  # no new listener from here on
+        await self.listeners.close()  # 1012: each resumes from its position after the restart
         await self.close_connections()
         await self.registry.close()
         self.committer.close()

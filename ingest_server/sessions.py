@@ -35,11 +35,13 @@ from .auth import ANONYMOUS, Principal
 from .commit import PerJournalCommit
 from .config import ServerConfig
 from .errors import BadInput, Refusal, StorageUnavailable, storage_failure
+from .events import EventBus, EventKind, StreamEvent
 from .metrics import Metrics
 from .storage import is_valid_stream_id, parse_utc, utc_now
 from .storage.interface import (
     Committer,
     EndReason,
+    Gap,
     Position,
     StreamMeta,
     StreamState,
@@ -82,8 +84,10 @@ class Registry:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  executor: Executor | None = None, metrics: Metrics | None = None,
-                 committer: Committer | None = None) -> None:
+                 committer: Committer | None = None, events: EventBus | None = None) -> None:
         self.store = store
+        # opened / resumed / disconnected / gap / finalized, for discovery and listeners
+        self.events = events or EventBus()
         self.config = config
         self.clock = clock
         self.wall = wall
@@ -98,7 +102,21 @@ class Registry:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _stream(self, meta: StreamMeta, journal: StreamWriter | None, idle_since: float) -> Stream:
-        return Stream(meta, journal, self.committer, idle_since, self.metrics)
+        stream = Stream(meta, journal, self.committer, idle_since, self.metrics)
+        stream.on_durable = self._durable_moved
+        return stream
+
+    def _publish(self, kind: EventKind, stream: Stream, *, gap: Gap | None = None,
+                 end_reason: str | None = None) -> None:
+        self.events.publish(StreamEvent(kind, stream.stream_id, stream.durable.next_sample,
+                                        self.wall(), gap, end_reason))
+
+    def _durable_moved(self, stream: Stream, before: Position, after: Position) -> None:
+        """A gap is announced once its record is durable (events.py): never one that a
+        failed sync could still cut back."""
+        if after.gap_count > before.gap_count:
+            for gap in stream.gaps[before.gap_count:after.gap_count]:
+                self._publish(EventKind.GAP, stream, gap=gap)
 
     def recover(self) -> None:
         """Load every stream on disk; open ones are disconnected sessions from now on."""
@@ -143,6 +161,7 @@ class Registry:
             await self._reopen(stream)
         await self._take_over(stream, owner)
         self.metrics.resumes += 1
+        self._publish(EventKind.RESUMED, stream)
         return Attached(stream, hello.resume.credential, resumed=True)
 
     async def _create(self, hello: Hello, owner: Owner, principal: Principal) -> Attached:
@@ -178,6 +197,7 @@ class Registry:
             stream.journal = journal
             stream.durable = journal.position
         self.metrics.streams_created += 1
+        self._publish(EventKind.OPENED, stream)
         return Attached(stream, credential, resumed=False)
 
     async def _reopen(self, stream: Stream) -> None:
@@ -258,6 +278,7 @@ class Registry:
         if stream.owner is owner:
             stream.owner = None
             stream.idle_since = self.clock()
+            self._publish(EventKind.DISCONNECTED, stream)
 
     # -- end, expiry and retention (§6, §2) -------------------------------------------------
 
@@ -348,6 +369,7 @@ class Registry:
             stream.durable = Position(0, meta.next_seq, meta.next_sample, meta.frames,
                                       len(meta.gaps))
             self.open_count -= 1
+            self._publish(EventKind.FINALIZED, stream, end_reason=str(reason))
 
     async def close(self) -> None:
         """Shutdown: fsync and close every journal (the data survives for the restart)."""

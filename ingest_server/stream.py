@@ -5,6 +5,11 @@ or a welcome may promise (docs/protocol.md §2, §4). `sync()` hands the journal
 committer (group commit: commit.py explains it) and moves `durable` when it succeeds. After
 a failed sync the journal is cut back to `durable` (docs/storage.md "Disk faults") before
 anyone can append again.
+
+Readers of durable audio (live listeners, listen.py) learn that `durable` moved through
+`durable_changed()`, a future resolved by the next change; `on_durable`, set by the
+registry, publishes gap records once they are durable (events.py). Both cost one check per
+sync when nobody listens, and neither can delay the ack that follows (docs/listeners.md).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from .metrics import Metrics
@@ -39,7 +45,10 @@ class Stream:
                  idle_since: float, metrics: Metrics) -> None:
         self.meta = meta
         self.journal = journal  # None once finalized (or while being created)
-        self.durable = journal.position if journal else _final_position(meta)
+        self._durable = journal.position if journal else _final_position(meta)
+        self._durable_waiters: list[asyncio.Future[None]] = []
+        # (stream, before, after) on every change of `durable`; the registry's gap events
+        self.on_durable: Callable[[Stream, Position, Position], None] | None = None
         self.owner: Owner | None = None
         self.idle_since = idle_since
         self.expiry_retry_at = 0.0  # after a failed expiry (disk full): not before this
@@ -48,6 +57,27 @@ class Stream:
         self._sync_lock = asyncio.Lock()  # one fsync at a time; finalize closes the fd under it
         self._committer = committer
         self._metrics = metrics
+
+    @property
+    def durable(self) -> Position:
+        return self._durable
+
+    @durable.setter
+    def durable(self, position: Position) -> None:
+        before, self._durable = self._durable, position
+        if self._durable_waiters:
+            waiters, self._durable_waiters = self._durable_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        if self.on_durable is not None:
+            self.on_durable(self, before, position)
+
+    def durable_changed(self) -> asyncio.Future[None]:
+        """Resolved at the next change of `durable` (a sync, a finalization, a reopen)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._durable_waiters.append(waiter)
+        return waiter
 
     @property
     def stream_id(self) -> str:

@@ -13,7 +13,9 @@ core.py and connection.py do not change.
     Committer.submit(writer)                  make everything appended so far durable,
                                               answered by a future (§4: acks wait on it)
     StreamWriter.rollback(durable)            after a failed sync: forget what it covered
-    StreamStorage.open_wav(meta, upto)        read durable audio (REST, live listeners)
+    StreamStorage.open_wav(meta, upto)        read durable audio as WAV bytes (REST)
+    StreamStorage.open_reader(meta, sample)   read durable audio from a sample on, gaps as
+                                              gaps (live listeners, storage/reader.py)
     StreamStorage.finalize / delete           §6 end, expiry; retention
 
 Data types (`Position`, `Gap`, `StreamMeta`, `StreamState`, `EndReason`) are shared by
@@ -27,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from .journal import Gap, Position
+from .reader import AudioPiece, DurableReader, GapPiece, Piece
 from .store import EndReason, StreamMeta, StreamState
 
 
@@ -87,6 +90,9 @@ class StreamStorage(Protocol):
 
     def open_wav(self, meta: StreamMeta, upto: Position) -> DurableAudio: ...
 
+    def open_reader(self, meta: StreamMeta, start_sample: int) -> DurableReader: ...
 
-__all__ = ["Committer", "DurableAudio", "EndReason", "Gap", "Position", "StreamMeta",
-           "StreamState", "StreamStorage", "StreamWriter"]
+
+__all__ = ["AudioPiece", "Committer", "DurableAudio", "DurableReader", "EndReason", "Gap",
+           "GapPiece", "Piece", "Position", "StreamMeta", "StreamState", "StreamStorage",
+           "StreamWriter"]

@@ -26,6 +26,7 @@ from uplink.audio import AudioFormat
 from uplink.wire import is_valid_stream_id
 
 from .journal import FILE_MAGIC, Gap, Journal, JournalError, Position
+from .reader import DurableReader, JournalReader, WavReader
 from .wav import JournalWav, fsync_dir, write_file_atomic
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,15 @@ class Store:
     def open_wav(self, meta: StreamMeta, upto: Position) -> JournalWav:
         """A WAV of an open stream's journal up to `upto` (its durable position)."""
         return JournalWav(self.journal_path(meta.stream_id), meta.format, upto)
+
+    def open_reader(self, meta: StreamMeta, start_sample: int) -> DurableReader:
+        """Durable audio from `start_sample` on (live listeners, reader.py): the journal
+        while the stream is open, audio.wav once it is finalized. FileNotFoundError: the
+        stream is finalizing (journal gone, meta not yet finalized here) or deleted."""
+        if meta.state is StreamState.FINALIZED:
+            return WavReader(self.wav_path(meta.stream_id), meta.format, meta.gaps,
+                             meta.next_sample, start_sample)
+        return JournalReader(self.journal_path(meta.stream_id), meta.format, start_sample)
 
     def recover(self) -> list[tuple[StreamMeta, Journal | None]]:
         """Every stream on disk; open ones come with their recovered journal."""

@@ -1,0 +1,58 @@
+"""Discovery: `GET /v1/events`, the event bus as Server-Sent Events (docs/protocol.md §12.4).
+
+Why SSE and not a WebSocket: discovery is one-way (the server tells, the worker listens),
+SSE is plain HTTP (curl -N shows it, any HTTP proxy passes it, the bearer header works as for
+the rest of the REST API) and its format carries what a worker needs to reconnect
+(`retry:`). A worker pool that needs more than announcements opens a WebSocket listener
+(§12) per stream.
+
+The response starts with one `snapshot` event naming every open stream (subscribed first,
+so nothing that happens meanwhile is missed: an event may repeat what the snapshot says,
+never the other way round), then one `stream` event per bus event, and a comment every
+KEEPALIVE seconds so idle proxies keep it open. A subscriber that falls DEFAULT_LIMIT events
+behind (it stopped reading) gets an `overflow` event, if it can still take one, and the
+response ends: it reconnects and starts from a new snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from .events import EventBus
+from .sessions import Registry
+
+KEEPALIVE = 15.0
+RETRY_MS = 1000
+
+
+def _sse(event: str, body: object) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
+
+
+def snapshot(registry: Registry) -> dict[str, object]:
+    streams = [{"stream_id": s.stream_id, "at_sample": s.durable.next_sample,
+                "connected": s.owner is not None}
+               for s in sorted(registry.streams.values(), key=lambda s: s.stream_id)
+               if not s.finalized]
+    return {"type": "snapshot", "streams": streams}
+
+
+async def event_stream(registry: Registry, bus: EventBus,
+                       keepalive: float = KEEPALIVE) -> AsyncIterator[bytes]:
+    with bus.subscribe() as sub:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        yield _sse("snapshot", snapshot(registry))
+        while True:
+            changed = sub.changed()
+            try:
+                await asyncio.wait_for(asyncio.shield(changed), keepalive)
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            for event in sub.pending():
+                yield _sse("stream", event.to_json())
+            if sub.overflowed:
+                yield _sse("overflow", {"type": "overflow", "reason": "subscriber too slow"})
+                return
