@@ -77,6 +77,7 @@ def test_faults_on_both_links_and_server_sigterm_sigkill(tmp_path: Path) -> None
         got = await listening
         assert got.end_reason == "ended"
         assert got.gaps == []
+        assert "disconnected" in got.states and "resumed" in got.states  # the uplink's
         assert got.reconnects >= 2  # faults that overlap an outage share one reconnect
         assert len(got.audio) == len(source)
         assert bytes(got.audio) == source
