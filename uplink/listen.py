@@ -302,3 +302,9 @@ async def iterate(server: str, stream_id: str, start: int | str = 0, *,
     async with listen(server, stream_id, start, token=token) as stream:
         async for chunk in stream:
             yield chunk
+
+
+if __name__ == "__main__":  # python -m uplink.listen: the echopanel-listen command
+    from .listen_cli import main
+
+    raise SystemExit(main())
