@@ -395,6 +395,11 @@ class Spool:
         self._header_counter = 0
         self._header_acked: tuple[int, int] | None = None
         self._header_at = -HEADER_INTERVAL
+        #: the writer passes at most once per this many seconds (0: on every push). Each
+        #: pass costs a thread wake-up; batching N frames per pass saves CPU but delays
+        #: sending by up to this much (write-ahead: nothing is sent before it is written)
+        self.batch_seconds = 0.0
+        self._last_pass = 0.0
         self._meta_dirty = False
         self._meta_lock = threading.Lock()
 
@@ -526,6 +531,10 @@ class Spool:
         dirty = False
         while True:
             self._signal.acquire(timeout=WRITER_IDLE_WAKE)
+            if self.batch_seconds > 0 and not self._stop:
+                # trade latency for CPU: one pass (and one uplink wake-up) per batch
+                time.sleep(max(0.0, self._last_pass + self.batch_seconds - time.monotonic()))
+            self._last_pass = time.monotonic()
             stop = self._stop
             try:
                 wrote = self._write_pending(ring, final=stop)

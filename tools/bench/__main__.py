@@ -14,6 +14,9 @@ Modes (durations per benchmark; each benchmark has a hard time limit and stops b
                               capacity steps, 10-minute soak with a fault every 10 s
     smoke (seconds)           tiny configurations that only prove everything still runs
 
+`--only spool` runs the optional spool benchmark (tools/bench/spool.py: client CPU and
+callback timing with the write-ahead spool on and off); it is not part of the default run.
+
 `--profile` adds py-spy profiles (if py-spy is installed in the venv) of the server under
 capacity load and of the client at 48 kHz stereo, summarized to text in the results dir.
 """
