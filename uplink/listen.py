@@ -202,7 +202,8 @@ class ListenStream:
                 if status in FATAL_STATUSES and not (status == 404 and self._wait_for_stream):
                     body = e.response.body.decode(errors="replace").strip() if e.response.body else ""
                     raise ListenError(f"HTTP {status}: {body}") from e
-                await self._wait_backoff(f"HTTP {status}")
+                # waiting for a stream to be created is not a failing server: no breaker
+                await self._wait_backoff(f"HTTP {status}", failure=status != 404)
                 continue
             except (OSError, TimeoutError, ConnectionClosed, websockets.InvalidHandshake,
                     ValueError) as e:
@@ -227,8 +228,9 @@ class ListenStream:
         self.position = start
         self.fmt = AudioFormat.from_json(header["format"])
 
-    async def _wait_backoff(self, why: str) -> None:
-        self._breaker.record_failure(time.monotonic())
+    async def _wait_backoff(self, why: str, failure: bool = True) -> None:
+        if failure:
+            self._breaker.record_failure(time.monotonic())
         delay = self._backoff.next_delay()
         log.info("listener of %s: %s; retrying in %.2f s", self.stream_id, why, delay)
         await asyncio.sleep(delay)

@@ -14,6 +14,10 @@ Modes (durations per benchmark; each benchmark has a hard time limit and stops b
                               capacity steps, 10-minute soak with a fault every 10 s
     smoke (seconds)           tiny configurations that only prove everything still runs
 
+`--only listeners` runs the live-listener benchmark (tools/bench/listeners.py: durable →
+listener latency, the uplink's ack p99 with 100 listeners against none, catch-up speed,
+server memory per idle listener); optional like the spool one.
+
 `--only spool` runs the optional spool benchmark (tools/bench/spool.py: client CPU and
 callback timing with the write-ahead spool on and off); it is not part of the default run.
 
@@ -37,7 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, get_args
 
-from tools.bench import capacity, catchup, footprint, latency, profiling, restart
+from tools.bench import capacity, catchup, footprint, latency, listeners, profiling, restart
 from tools.bench import spool as spool_bench
 from tools.bench.report import Row, markdown_table, write_results
 from tools.bench.servers import Target
@@ -46,7 +50,7 @@ from tools.ingest_process import REPO_ROOT
 
 BENCHMARKS = ("catchup", "latency", "capacity", "footprint", "restart")
 # run only when named in --only (e.g. `--only spool`): not part of the default suite yet
-OPTIONAL_BENCHMARKS = ("spool",)
+OPTIONAL_BENCHMARKS = ("spool", "listeners")
 
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -58,6 +62,7 @@ MODES: dict[str, dict[str, Any]] = {
             idle_repeats=3, soak_seconds=90.0, soak_warmup=20.0),
         "restart": restart.RestartSettings(),
         "spool": spool_bench.SpoolSettings(seconds=30.0, warmup=3.0, repeats=1),
+        "listeners": listeners.ListenerSettings(live_seconds=20.0, repeats=2),
     },
     "full": {
         "catchup": catchup.CatchupSettings(repeats=10),
@@ -68,6 +73,7 @@ MODES: dict[str, dict[str, Any]] = {
             idle_repeats=3, soak_seconds=600.0, soak_warmup=45.0),
         "restart": restart.RestartSettings(real_downs=(1.0, 2.0, 3.0, 5.0, 8.0)),
         "spool": spool_bench.SpoolSettings(seconds=60.0, warmup=5.0, repeats=3),
+        "listeners": listeners.ListenerSettings(live_seconds=60.0, repeats=3),
     },
     "smoke": {
         "catchup": catchup.CatchupSettings(backlog_seconds=2.0, repeats=1, warmup=0),
@@ -81,6 +87,8 @@ MODES: dict[str, dict[str, Any]] = {
             soak_warmup=0.5),
         "restart": restart.RestartSettings(restarts=10, real_downs=(1.0,), profiles=("live",)),
         "spool": spool_bench.SpoolSettings(seconds=0.5, warmup=0.2, repeats=1),
+        "listeners": listeners.ListenerSettings(live_seconds=1.0, repeats=1, listeners=10,
+                                                backlog_seconds=5.0, idle_listeners=10),
     },
 }
 
@@ -227,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "footprint": lambda s, w: footprint.run(s, w, log),
         "restart": restart.run,
         "spool": spool_bench.run,
+        "listeners": listeners.run,
     }
     with tempfile.TemporaryDirectory(prefix="echopanel-bench-") as tmp:
         for name in only:
