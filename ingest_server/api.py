@@ -228,7 +228,7 @@ async def get_stream(stream_id: str, request: Request) -> StreamDetail:
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "Server-Sent Events: a `snapshot` of the open "
                              "streams, then `stream` events (opened, resumed, disconnected, "
-                             "gap, finalized); docs/protocol.md §12.4"}},
+                             "gap, finalized); docs/protocol.md §11.4"}},
             summary="Discovery: stream events as Server-Sent Events")
 async def events(request: Request) -> StreamingResponse:
     registry = _service(request).registry

@@ -59,7 +59,7 @@ def create_app(config: ServerConfig, *, clock: Callable[[], float] = time.monoto
 
     @app.websocket("/v1/streams/{stream_id}/listen")
     async def listen_endpoint(websocket: WebSocket, stream_id: str) -> None:
-        await service.handle_listen(websocket, stream_id)  # §12 live listeners
+        await service.handle_listen(websocket, stream_id)  # §11 live listeners
 
     @app.websocket("/{path:path}")
     async def unknown_path(websocket: WebSocket) -> None:

@@ -62,7 +62,7 @@ class ServerConfig:
     # details response, so a client sending tiny gaps must not grow them without end.
     max_gaps: int = 10000
     retention_days: float = 0.0  # 0: keep finalized streams forever
-    # a live listener whose send is blocked this long is closed with 4429 (protocol §12.5)
+    # a live listener whose send is blocked this long is closed with 4429 (protocol §11.5)
     listener_stall_timeout: float = 10.0
     public_metrics: bool = False  # True: /metrics needs no token
     # False skips os.fsync (benchmarks only): acks then no longer mean durable (§4).

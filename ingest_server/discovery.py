@@ -1,10 +1,10 @@
-"""Discovery: `GET /v1/events`, the event bus as Server-Sent Events (docs/protocol.md §12.4).
+"""Discovery: `GET /v1/events`, the event bus as Server-Sent Events (docs/protocol.md §11.4).
 
 Why SSE and not a WebSocket: discovery is one-way (the server tells, the worker listens),
 SSE is plain HTTP (curl -N shows it, any HTTP proxy passes it, the bearer header works as for
 the rest of the REST API) and its format carries what a worker needs to reconnect
 (`retry:`). A worker pool that needs more than announcements opens a WebSocket listener
-(§12) per stream.
+(§11) per stream.
 
 The response starts with one `snapshot` event naming every open stream (subscribed first,
 so nothing that happens meanwhile is missed: an event may repeat what the snapshot says,

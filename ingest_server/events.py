@@ -1,5 +1,5 @@
 """The in-process event bus: what happens to streams, for whoever wants to know
-(docs/listeners.md "Events"; wire form: docs/protocol.md §12.4).
+(docs/listeners.md "Events"; wire form: docs/protocol.md §11.4).
 
 Publishers: the registry (sessions.py) publishes `opened`, `resumed`, `disconnected` and
 `finalized`; a stream (stream.py) publishes `gap` when a gap record becomes *durable* (so
@@ -10,7 +10,7 @@ A later issue adds webhooks and a web UI on the same bus.
 Publishing never blocks and never waits on a subscriber: each subscription has a bounded
 queue (`limit` events); one that falls that far behind is marked `overflowed` and gets no
 more events, and its owner closes it (the discovery endpoint with 4429, docs/protocol.md
-§12). With nobody subscribed, `publish` is one dict lookup and one empty-set check.
+§11). With nobody subscribed, `publish` is one dict lookup and one empty-set check.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ DEFAULT_LIMIT = 1024  # events a subscriber may fall behind before it is cut off
 
 
 class EventKind(StrEnum):
-    """The `event` field of §12.4 (values are the wire format)."""
+    """The `event` field of §11.4 (values are the wire format)."""
 
     OPENED = "opened"  # a new stream: its uplink connected for the first time
     RESUMED = "resumed"  # an uplink connected again (resume, takeover, or an expired reopen)

@@ -1,4 +1,4 @@
-"""Live listeners: `GET /v1/streams/{id}/listen?from=...` (WebSocket, docs/protocol.md §12).
+"""Live listeners: `GET /v1/streams/{id}/listen?from=...` (WebSocket, docs/protocol.md §11).
 
 A listener is sent a stream's *durable* audio as it becomes durable, from a sample position
 on: nothing it receives can later disappear, nothing is sent twice on one connection, gaps
@@ -51,8 +51,8 @@ READ_THREADS = 2
 CLOSE_TIMEOUT = 1.0  # a stalled listener's close frame: then the socket is dropped
 MEMORY_BOUND = CHUNK_BYTES + 64 * 1024 + CHUNK_BYTES + 16 * 1024  # piece, buffer, overshoot, rest
 
-STALLED = 4429  # §12.5: the listener stopped reading for listener_stall_timeout
-STREAM_GONE = 4404  # §12.5: the stream was deleted (retention) while listening
+STALLED = 4429  # §11.5: the listener stopped reading for listener_stall_timeout
+STREAM_GONE = 4404  # §11.5: the stream was deleted (retention) while listening
 
 _SEND_ERRORS = (RuntimeError, OSError, WebSocketDisconnect)
 _STATES = {EventKind.OPENED: "connected", EventKind.RESUMED: "resumed",
@@ -64,7 +64,7 @@ class FromError(ValueError):
 
 
 def parse_from(text: str | None, sample_rate: int, durable_sample: int) -> int:
-    """§12.1 `from`: `start` (default), `live` (the durable end now), a sample frame
+    """§11.1 `from`: `start` (default), `live` (the durable end now), a sample frame
     number, or seconds as `12.5s`."""
     if text is None or text == "start":
         return 0
@@ -149,7 +149,7 @@ class Listener:
                 self._reader.close()
 
     async def _receive(self) -> None:
-        """Read (and ignore) whatever the listener sends, to see it leave (§12.2)."""
+        """Read (and ignore) whatever the listener sends, to see it leave (§11.2)."""
         with contextlib.suppress(*_SEND_ERRORS):
             while (await self.ws.receive())["type"] != "websocket.disconnect":
                 pass

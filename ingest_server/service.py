@@ -74,7 +74,7 @@ class IngestService:
                                  executor=self.executor, metrics=self.metrics,
                                  committer=self.committer)
         self.connections: set[Connection] = set()
-        self.listeners = ListenerHub(self.registry, self.store, config)  # §12 live listeners
+        self.listeners = ListenerHub(self.registry, self.store, config)  # §11 live listeners
         self.per_token: dict[str | None, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.metrics.watch(self._gauges)
@@ -135,7 +135,7 @@ class IngestService:
                 del self.per_token[token]
 
     async def handle_listen(self, ws: WebSocket, stream_id: str) -> None:
-        """§12: a live listener. Refusals are HTTP answers to the upgrade (like §10)."""
+        """§11: a live listener. Refusals are HTTP answers to the upgrade (like §10)."""
         query = ws.scope.get("query_string", b"").decode("latin-1")
         result = self.authenticate(ws.headers.getlist("authorization"), query)
         if isinstance(result, Denial):

@@ -9,7 +9,7 @@
             elif chunk.kind is ChunkKind.GAP: ...      # chunk.position .. chunk.end: no audio
             elif chunk.kind is ChunkKind.END: ...      # the iteration stops after it
 
-It speaks the listen protocol (docs/protocol.md §12) and hides its connection: when the link
+It speaks the listen protocol (docs/protocol.md §11) and hides its connection: when the link
 drops, the server restarts or the listener is cut off, it reconnects with the uplink's
 backoff and circuit breaker (uplink/policy.py) and resumes at `stream.position`, the next
 sample it has not yielded. So every sample of the stream is yielded exactly once, in order,
@@ -41,11 +41,11 @@ from .policy import Backoff, BackoffConfig, BreakerConfig, CircuitBreaker
 
 log = logging.getLogger(__name__)
 
-AUDIO_HEADER = struct.Struct("<Q")  # §12.3: the first sample frame of a binary message
+AUDIO_HEADER = struct.Struct("<Q")  # §11.3: the first sample frame of a binary message
 LISTEN_VERSION = 1
 STALLED = 4429
 STREAM_GONE = 4404
-# §12.5: closes after which reconnecting cannot help
+# §11.5: closes after which reconnecting cannot help
 FATAL_CLOSES = frozenset({1002, 1003, 1007, 1008, 1009, STREAM_GONE})
 FATAL_STATUSES = frozenset({400, 401, 403, 404})
 _DTYPES = {"int16": "<i2", "int32": "<i4", "float32": "<f4"}
@@ -110,7 +110,7 @@ class ListenConfig:
 
 
 def listen_url(server: str, stream_id: str, position: int | str) -> str:
-    """`ws://H:P` (or http://, or with a path prefix) → the §12 listen URL."""
+    """`ws://H:P` (or http://, or with a path prefix) → the §11 listen URL."""
     parts = urlsplit(server)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     path = parts.path.rstrip("/")
@@ -273,7 +273,7 @@ class ListenStream:
             self._pending.append(Chunk(ChunkKind.END, total, total, fmt=fmt,
                                        end_reason=body.get("end_reason")))
             self.ended = True
-        # anything else: a later protocol minor version's event; ignored (§12.2)
+        # anything else: a later protocol minor version's event; ignored (§11.2)
 
 
 class _Listening:

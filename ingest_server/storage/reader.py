@@ -1,5 +1,5 @@
 """Read durable audio from a sample position on: what a live listener is sent
-(docs/listeners.md, docs/protocol.md §12).
+(docs/listeners.md, docs/protocol.md §11).
 
 Two readers, one contract (`DurableReader`):
 

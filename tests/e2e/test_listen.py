@@ -1,4 +1,4 @@
-"""Live listeners end to end (docs/listeners.md, protocol §12): the real server on 127.0.0.1,
+"""Live listeners end to end (docs/listeners.md, protocol §11): the real server on 127.0.0.1,
 a real uplink streaming the bundled speech recording, real listeners over real WebSockets;
 what a listener wrote is compared with the source sample for sample."""
 

@@ -1,4 +1,4 @@
-"""The listen endpoint's edges and discovery (protocol §12) on the real server with tokens:
+"""The listen endpoint's edges and discovery (protocol §11) on the real server with tokens:
 authentication, refusals before the upgrade, `from=live`, a finalized stream, `GET
 /v1/events` (Server-Sent Events), `GET /v1/streams?state=open`, HEAD on audio.wav."""
 

@@ -1,4 +1,4 @@
-"""Benchmark: live listeners (docs/listeners.md, protocol §12).
+"""Benchmark: live listeners (docs/listeners.md, protocol §11).
 
 Rows, all from one run:
 - durable → listener latency while live: a producer pushes 16 kHz mono int16 frames every
