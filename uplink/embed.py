@@ -252,6 +252,10 @@ class AsyncUplink:
     sources that can wait, e.g. a file being decoded) a push into a full ring waits for the
     server's acks to free room; with the default `"drop-oldest"` (live audio) it never
     waits and an outage longer than the buffer becomes a recorded gap (`on_gap`).
+
+    `spool=Spool.open(DIR)` (uplink/spool.py, docs/spool.md) keeps the unacknowledged audio
+    on disk too: a spool that holds a stream (a crashed run's) continues it — same stream
+    id, format and frame length — and a successful `aclose()` frees it.
     """
 
     def __init__(self, server: str, *, stream_id: str | None = None, rate: int,
