@@ -284,3 +284,21 @@ def test_a_spool_on_a_full_filesystem_is_reported_and_the_capture_goes_on(
     assert "MB free" in note and "capturing without a spool" in note
     want, _ = sf.read(source, dtype="int16")
     assert np.array_equal(stored_pcm(server, "sp-full"), want)
+
+
+def test_a_rerun_without_the_spool_gets_4409_and_is_told_why(tmp_path: Path,
+                                                               server: IngestServer) -> None:
+    source = write_clip(tmp_path / "source.wav", RATE, 1, "PCM_16", 5.0, seed=2)
+    first = Capture("--server", server.url, "--stream-id", "sp-orphan", "--input", str(source),
+                    "--speed", "1", "--spool", str(tmp_path / "spool"))
+    first.wait_for(lambda r: r["type"] == "status" and r["acked_seconds"] >= 0.5, "0.5 s acked")
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    rerun = Capture("--server", server.url, "--stream-id", "sp-orphan", "--input", str(source),
+                    "--speed", "0")
+    code, out = rerun.finish()
+    assert code == 1, (out, rerun.not_json)
+    error = out[-1]
+    assert "4409" in error and "continues only with its spool (--spool DIR)" in error
+    credential = json.loads((tmp_path / "spool" / "stream.json").read_text())["credential"]
+    assert credential and credential not in "\n".join(out + first.not_json + rerun.not_json)
