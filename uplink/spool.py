@@ -315,13 +315,15 @@ class Spool:
             with self._meta_lock:
                 meta.wall_time = ring.wall_time
                 write_meta(self.directory, meta, sync=False)
-        acked = ring.acked_point
         now = time.monotonic()
-        if acked != self._header_acked and (final or now - self._header_at >= HEADER_INTERVAL):
+        acked = None
+        if final or now - self._header_at >= HEADER_INTERVAL:
             # the ack says what a restart need not replay; a stale one is safe (recover()
             # keeps more, and the server's welcome trims it), so it is written at most once
             # a HEADER_INTERVAL: a 64-byte write per frame costs more than the frame's own
             self._header_at = now
+            acked = ring.acked_point
+        if acked is not None and acked != self._header_acked:
             self._header_counter += 1
             offset = HEADER_OFFSETS[self._header_counter % 2]
             os.pwrite(fd, pack_header(meta.slots, meta.frame_bytes, *acked,
