@@ -53,6 +53,8 @@ async def event_stream(registry: Registry, bus: EventBus,
                 continue
             for event in sub.pending():
                 yield _sse("stream", event.to_json())
+            if sub.ended:  # the server is stopping: end the response (clients reconnect)
+                return
             if sub.overflowed:
                 yield _sse("overflow", {"type": "overflow", "reason": "subscriber too slow"})
                 return

@@ -63,6 +63,7 @@ class Subscription:
     def __init__(self, bus: EventBus, stream_id: str | None, limit: int) -> None:
         self.stream_id = stream_id
         self.overflowed = False
+        self.ended = False  # the bus closed (server shutdown): nothing more will come
         self._bus = bus
         self._limit = limit
         self._queue: deque[StreamEvent] = deque()
@@ -79,6 +80,12 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def end(self) -> None:
+        self.ended = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def pending(self) -> list[StreamEvent]:
         """Every queued event, without waiting."""
         events = list(self._queue)
@@ -89,14 +96,14 @@ class Subscription:
         """Resolved at the next delivery (done at once if events are queued)."""
         if self._waiter is None or self._waiter.done():
             self._waiter = asyncio.get_running_loop().create_future()
-        if self._queue or self.overflowed:
+        if self._queue or self.overflowed or self.ended:
             self._waiter.set_result(None)
         return self._waiter
 
     async def get(self) -> StreamEvent | None:
-        """The next event; None once overflowed and drained."""
+        """The next event; None once overflowed (or ended) and drained."""
         while not self._queue:
-            if self.overflowed:
+            if self.overflowed or self.ended:
                 return None
             await self.changed()
         return self._queue.popleft()
@@ -135,6 +142,11 @@ class EventBus:
             subs.discard(sub)
             if not subs:
                 del self._by_stream[sub.stream_id]
+
+    def close(self) -> None:
+        """Server shutdown: every subscription ends (its owner closes its response)."""
+        for sub in [*self._all, *(s for subs in self._by_stream.values() for s in subs)]:
+            sub.end()
 
     @property
     def subscribers(self) -> int:

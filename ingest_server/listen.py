@@ -35,7 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uplink.wire import CloseCode
 
 from .config import ServerConfig
-from .events import EventBus, EventKind, StreamEvent, Subscription
+from .events import EventBus, EventKind, Subscription
 from .sessions import Registry
 from .storage.interface import AudioPiece, DurableReader, GapPiece, Piece, StreamStorage
 from .stream import Stream
@@ -280,9 +280,9 @@ class Listener:
 
     async def shutdown(self) -> None:
         """Server stopping: 1012; the listener resumes from its position after the restart."""
-        if self._task is not None:
-            self._task.cancel()
         await self._close(CloseCode.SERVICE_RESTART, "server restarting")
+        if self._task is not None:
+            self._task.cancel()  # after the close frame: the handler's return ends the socket
 
 
 class ListenerHub:
@@ -311,7 +311,3 @@ class ListenerHub:
         await asyncio.gather(*(li.shutdown() for li in list(self.listeners)),
                              return_exceptions=True)
         self.executor.shutdown(wait=True)
-
-
-def event_json(event: StreamEvent) -> str:
-    return json.dumps(event.to_json(), separators=(",", ":"))

@@ -210,6 +210,8 @@ class IngestService:
     async def close_connections(self) -> None:
         """Stop taking streams; flush, ack and close every live connection with 1012 (§7)."""
         self.registry.shutting_down = True
+        self.registry.events.close()  # discovery responses end (§11.4)
+        await self.listeners.close()  # 1012 to listeners (§11.5): they resume after the restart
         conns = list(self.connections)
         if conns:
             log.info("closing %d live connections with %d", len(conns), CloseCode.SERVICE_RESTART)

@@ -67,9 +67,7 @@ class Stream:
         before, self._durable = self._durable, position
         if self._durable_waiters:
             waiters, self._durable_waiters = self._durable_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            _wake(waiters)
         if self.on_durable is not None:
             self.on_durable(self, before, position)
 
@@ -164,6 +162,20 @@ class Stream:
     def sync_lock(self) -> asyncio.Lock:
         """Held while the journal fd may not change hands (finalize, shutdown)."""
         return self._sync_lock
+
+
+WAKE_BATCH = 8  # listeners woken per event-loop iteration (docs/listeners.md "Cost")
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    """Wake readers of durable audio a few per loop iteration, not all at once: between two
+    batches the loop polls its sockets, so a capture's next frame (and its ack) never waits
+    behind a hundred listeners' sends."""
+    for waiter in waiters[:WAKE_BATCH]:
+        if not waiter.done():
+            waiter.set_result(None)
+    if len(waiters) > WAKE_BATCH:
+        asyncio.get_running_loop().call_soon(_wake, waiters[WAKE_BATCH:])
 
 
 def _final_position(meta: StreamMeta) -> Position:

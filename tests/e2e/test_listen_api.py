@@ -175,3 +175,47 @@ def test_feed_helper_with_token_is_listened_live(server: IngestServer,
 
     asyncio.run(scenario())
 
+
+
+def test_sigterm_ends_listeners_and_discovery_at_once(tmp_path: Path,
+                                                      clip: tuple[Any, bytes]) -> None:
+    """A listener gets 1012 and the discovery response ends: neither holds the shutdown."""
+    import time
+
+    from uplink import Uplink
+
+    srv = IngestServer(tmp_path / "data", args=["--token", TOKEN]).start()
+    try:
+        up = Uplink(f"ws://127.0.0.1:{srv.port}", stream_id="api-term", token=TOKEN,
+                    rate=16000, config=uplink_config())
+        up.push(clip[1][:32000])
+        deadline = time.monotonic() + 10
+        while up.stats().counters.acked_sample < 16000:  # the stream exists and holds 1 s
+            assert time.monotonic() < deadline, "the stream was not created"
+            time.sleep(0.02)
+        events = sse_events(srv)
+        assert next(events)["type"] == "snapshot"
+
+        async def one_listener() -> int | None:
+            async with websockets.connect(
+                    f"ws://127.0.0.1:{srv.port}/v1/streams/api-term/listen?from=live",
+                    additional_headers=AUTH) as ws:
+                await ws.recv()
+                try:
+                    while True:
+                        await ws.recv()
+                except websockets.ConnectionClosed as e:
+                    return e.rcvd.code if e.rcvd else None
+
+        async def scenario() -> int | None:
+            task = asyncio.create_task(one_listener())
+            await asyncio.sleep(0.5)
+            t0 = time.monotonic()
+            assert await asyncio.to_thread(srv.stop, 10.0) == 0
+            assert time.monotonic() - t0 < 5.0
+            return await task
+
+        assert asyncio.run(scenario()) == 1012
+        up.abandon()
+    finally:
+        srv.stop()
