@@ -107,7 +107,6 @@ class Listener:
         self._reader_finalized = False
         self._send_since: float | None = None  # loop time a blocked send started
         self._timer: asyncio.TimerHandle | None = None
-        self._gone: asyncio.Future[None] = self._loop.create_future()
         self._task: asyncio.Task[None] | None = None
         self._drop_transport = abort_callback(ws.scope)
 
@@ -153,8 +152,6 @@ class Listener:
         with contextlib.suppress(*_SEND_ERRORS):
             while (await self.ws.receive())["type"] != "websocket.disconnect":
                 pass
-        if not self._gone.done():
-            self._gone.set_result(None)
         if self._task is not None and self.state is not ListenerState.ENDED:
             self._task.cancel()
 
@@ -171,20 +168,21 @@ class Listener:
                 self.state = ListenerState.CATCHING_UP
                 for piece in pieces:
                     await self._send_piece(piece)
-                continue
-            if stream.finalized and self.sample >= stream.durable.next_sample:
+                if (self.sample < seen.next_sample or stream.durable is not seen
+                        or stream.finalized):
+                    continue  # more to read, or the end to send
+            elif stream.finalized and self.sample >= stream.durable.next_sample:
                 self.state = ListenerState.ENDED
                 await self._send_text({"type": "end", "next_sample": stream.durable.next_sample,
                                        "end_reason": str(stream.meta.end_reason)})
                 await self._close(CloseCode.NORMAL, "stream ended")
                 return
-            if stream.durable is not seen:
+            elif stream.durable is not seen:
                 continue  # it moved while we read
+            # everything durable was sent: wait for more (the peer leaving cancels this task)
             self.state = ListenerState.LIVE
-            await asyncio.wait([stream.durable_changed(), sub.changed(), self._gone],
+            await asyncio.wait([stream.durable_changed(), sub.changed()],
                                return_when=asyncio.FIRST_COMPLETED)
-            if self._gone.done():
-                return
 
     async def _read(self) -> list[Piece]:
         stream = self.stream
