@@ -87,7 +87,7 @@ def test_openapi_describes_every_rest_route_with_its_auth_and_models(tmp_path: P
     routes = list(api_routes(app.routes))
     assert {r.path for r in routes} == set(spec["paths"]) == {
         "/healthz", "/readyz", "/metrics", "/v1/streams", "/v1/streams/{stream_id}",
-        "/v1/streams/{stream_id}/audio.wav"}
+        "/v1/streams/{stream_id}/audio.wav", "/v1/events"}
     assert spec["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer", "description": spec["components"][
             "securitySchemes"]["bearer"]["description"]}
@@ -102,6 +102,8 @@ def test_openapi_describes_every_rest_route_with_its_auth_and_models(tmp_path: P
             assert "audio/wav" in ok and "404" in op["responses"]
         elif path == "/metrics":
             assert any(t.startswith("text/plain") for t in ok)
+        elif path == "/v1/events":  # discovery, Server-Sent Events (protocol §11.4)
+            assert "text/event-stream" in ok
         else:
             assert "$ref" in ok["application/json"]["schema"], path
     assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
