@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
+from capture.hooks import HookRunner, parse_hook_command
+from capture.notify import build_notifier
 from capture.source import FrameSink, Source, SourceError
 from capture.spool import ResumeSink, dead_time_samples, default_spool_dir, list_spool
 from capture.status import StatusReporter
@@ -124,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: panel when stderr is a terminal)")
     out.add_argument("--status-json", metavar="PATH",
                      help="write JSON-lines status records to PATH ('-' for stderr)")
+    out.add_argument("--notify", action=argparse.BooleanOptionalAction, default=None,
+                     help="desktop notifications: connection lost (after 5 s), restored, gave "
+                     "up, audio dropped, microphone lost/back; at most one per 30 s per kind "
+                     "(default: on for the microphone when a desktop session bus is present)")
+    out.add_argument("--on-event", metavar="CMD",
+                     help="run CMD (split like a shell would, no shell) for each state change, "
+                     "one --status-json record on its stdin; killed after 10 s")
     sp = p.add_argument_group("spool: captured audio survives a crash (docs/spool.md)")
     sp.add_argument("--spool", metavar="DIR",
                     help="keep unacknowledged audio in this directory, so a capture that "
@@ -329,13 +339,20 @@ class Events:
     def __init__(self) -> None:
         self._reporter: StatusReporter | None = None
         self._pending: list[str] = []
+        self._listeners: list[Callable[[str], None]] = []
 
     def event(self, message: str) -> None:
+        for listener in self._listeners:
+            listener(message)
         reporter = self._reporter
         if reporter is not None:
             reporter.event(message)
         else:
             self._pending.append(message)
+
+    def also(self, listener: Callable[[str], None]) -> None:
+        """Hand every note to `listener` too (the desktop notifier), from now on."""
+        self._listeners.append(listener)
 
     def attach(self, reporter: StatusReporter) -> None:
         self._reporter = reporter
@@ -438,9 +455,26 @@ async def capture_with_spool(args: argparse.Namespace, config: UplinkConfig,
                 "resumed": recovered is not None,
                 "seconds_dead": round(resume.dead / fmt.sample_rate, 3) if resume else 0.0}
 
+    # docs/notifications.md: desktop notices and --on-event hooks, each on its own thread
+    notifier = None if args.drain else build_notifier(
+        args.notify, microphone=not args.input, sample_rate=fmt.sample_rate)
+    if notifier is not None:
+        client.on_state(notifier.state)
+        client.on_gap = notifier.gap
+        events.also(notifier.microphone)
+    hooks = HookRunner(args.on_event) if args.on_event else None
+    if hooks is not None:
+        hooks.start()
+        hook_log = logging.getLogger("capture.hooks")  # its warnings go with the human lines
+        handler = logging.StreamHandler(human)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        hook_log.addHandler(handler)
+        hook_log.setLevel(logging.WARNING)
+        hook_log.propagate = False
     reporter = StatusReporter(client, mode, stream_id=stream_id, json_out=json_out, err=human,
                               source_stats=getattr(source, "stats", None),
-                              spool_status=spool_status if spool is not None else None)
+                              spool_status=spool_status if spool is not None else None,
+                              on_record=hooks.record if hooks is not None else None)
 
     sink: FrameSink = cutter
     tee = TeeSink(sink, args.tee, fmt) if args.tee else None
@@ -523,8 +557,21 @@ async def capture_with_spool(args: argparse.Namespace, config: UplinkConfig,
         loss = measure_loss(result, uplink, source, resume)
         status = report(result, source, loss, kept, interrupts, args.quiet, human)
         reporter.finished(int(status), **summary_fields(result, loss, kept, fmt.sample_rate))
+        if notifier is not None:
+            notifier.finished(result.ok, "" if result.error is None else str(result.error),
+                              kept=None if kept is None or isinstance(kept, OSError)
+                              else str(getattr(kept, "path", kept)),
+                              undelivered_seconds=result.stats.ring.buffered_seconds)
         return status
     finally:
+        if notifier is not None:
+            await asyncio.to_thread(notifier.close, 3.0)
+        if hooks is not None:
+            hook_stats = await asyncio.to_thread(hooks.close)
+            if hook_stats.dropped or hook_stats.failed or hook_stats.timed_out:
+                print(f"{PROG}: warning: --on-event: {hook_stats.ran} hooks ran, "
+                      f"{hook_stats.failed} failed, {hook_stats.timed_out} timed out, "
+                      f"{hook_stats.dropped} dropped (queue full)", file=human)
         if json_out is not None and json_out is not sys.stderr:
             json_out.close()
 
@@ -744,6 +791,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_labels(dict(args.label))
     except ValueError as e:
         parser.error(f"--label: {e}")
+    if args.on_event is not None:
+        try:
+            parse_hook_command(args.on_event)
+        except ValueError as e:
+            parser.error(str(e))
     if args.token is None:
         try:
             args.token = token_from_env(os.environ)

@@ -68,6 +68,8 @@ class StatusReporter:
     source_stats: Callable[[], Any] | None = None
     #: the spool's fields for status records (capture/cli.py), when a spool is on
     spool_status: Callable[[], dict[str, Any]] | None = None
+    #: also handed every state / event / exit record (capture/hooks.py HookRunner.record)
+    on_record: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
         self._started = time.monotonic()
@@ -222,17 +224,21 @@ class StatusReporter:
         }
 
     def _emit_json(self, kind: str, **fields: Any) -> None:
-        if self.json_out is None:
+        hook = self.on_record if kind != "status" else None  # hooks: changes, not ticks
+        if self.json_out is None and hook is None:
             return
-        record = {
+        record: dict[str, Any] = {
             "t": round(time.monotonic() - self._started, 3),
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "stream_id": self.stream_id,
             "type": kind,
         }
         record.update(fields if kind != "status" else self.snapshot())
-        self.json_out.write(json.dumps(record) + "\n")
-        self.json_out.flush()
+        if hook is not None:
+            hook(record)
+        if self.json_out is not None:
+            self.json_out.write(json.dumps(record) + "\n")
+            self.json_out.flush()
 
     def _render(self) -> Text:
         s = self.snapshot()
