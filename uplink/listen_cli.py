@@ -47,7 +47,9 @@ class Output:
         self.frames = frames  # sample frames in the file
         self._header_at = 0.0
         if wav and frames == 0:
-            target.write(wav_header(fmt, 0))
+            # a pipe cannot be patched at the end: announce the largest size (the usual
+            # convention for streamed WAV; readers stop at the end of the pipe)
+            target.write(wav_header(fmt, 0 if seekable else (0xFFFFFF00 // fmt.block_align)))
         elif wav and not seekable:
             raise ValueError("cannot continue a WAV on a pipe")
 
