@@ -107,6 +107,10 @@ class ListenConfig:
     open_timeout: float = 10.0
     wait_for_stream: bool = False  # True: a stream the server does not know yet (HTTP 404)
     #                                is retried with backoff, for a listener started first
+    #: failed attempts before the first connection, then ListenError (0 = never give up):
+    #: a wrong address or a server that is not running fails fast, like the uplink's budget;
+    #: once connected a listener reconnects for as long as it takes
+    max_initial_attempts: int = 15
 
 
 def listen_url(server: str, stream_id: str, position: int | str) -> str:
@@ -145,6 +149,7 @@ class ListenStream:
         self._breaker = CircuitBreaker(self._config.breaker)
         self._ws: Any = None
         self._pending: list[Chunk] = []
+        self._failed_attempts = 0  # before the first connection (max_initial_attempts)
 
     def __aiter__(self) -> ListenStream:
         return self
@@ -231,6 +236,12 @@ class ListenStream:
     async def _wait_backoff(self, why: str, failure: bool = True) -> None:
         if failure:
             self._breaker.record_failure(time.monotonic())
+            if self.connections == 0:
+                self._failed_attempts += 1
+                limit = self._config.max_initial_attempts
+                if limit and self._failed_attempts >= limit:
+                    raise ListenError(f"could not connect to {self.server} after "
+                                      f"{self._failed_attempts} attempts: {why}")
         delay = self._backoff.next_delay()
         log.info("listener of %s: %s; retrying in %.2f s", self.stream_id, why, delay)
         await asyncio.sleep(delay)

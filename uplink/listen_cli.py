@@ -18,8 +18,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
+import re
 import struct
 import sys
 import threading
@@ -265,14 +267,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_START = re.compile(r"start|live|\d+|\d+(\.\d+)?s")
+
+
 def parse_start(text: str | None) -> int | str | None:
+    """`--from`: start, live, a sample number or seconds like 12.5s (docs/protocol.md §11);
+    anything else is a usage error here, before any connection."""
     if text is None:
         return None
+    if _START.fullmatch(text) is None:
+        raise ValueError(f"--from {text!r}: use start, live, a sample number or seconds "
+                         "like 12.5s")
     return int(text) if text.isdigit() else text
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        start = parse_start(args.start)
+    except ValueError as e:
+        parser.error(str(e))
+    if not args.quiet:  # say why it is waiting: refused, retrying in 0.4 s, ...
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("echopanel-listen: %(message)s"))
+        listen_log = logging.getLogger("uplink.listen")
+        listen_log.addHandler(handler)
+        listen_log.setLevel(logging.INFO)
+        listen_log.propagate = False
     config = ListenConfig(wait_for_stream=args.wait or args.follow_new is not None)
     try:
         if args.follow_new is not None:
@@ -284,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return asyncio.run(listen_to_file(args.server, args.stream_id, args.output,
                                           fmt_name=args.format or "", token=args.token,
-                                          start=parse_start(args.start), config=config,
+                                          start=start, config=config,
                                           quiet=args.quiet))
     except ListenError as e:
         print(f"echopanel-listen: {e}", file=sys.stderr)
