@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"echopanel-ingest: {e}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, config.log_format, config.tokens)
+    setup_logging(config.log_level, config.log_format, config.secrets)
     _raise_fd_limit()
     _pin_mmap_threshold()
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,9 +30,12 @@ SYNC_MODES = ("auto", "syncfs", "fsync")  # auto: syncfs where the platform has 
 
 # Only what differs from the dataclass defaults (which are the production values, §5).
 PROFILES: dict[str, dict[str, Any]] = {
-    "development": {"session_timeout": 60.0},
-    "production": {"session_timeout": 300.0},
+    "development": {"session_timeout": 60.0, "replicas": 1, "min_replicas": 1},
+    "production": {"session_timeout": 300.0, "replicas": 3, "min_replicas": 3},
 }
+STORE_SCHEMES = ("nats://", "tls://")  # --store: a NATS server list (docs/scale-out.md)
+WEBHOOK_SCHEMES = ("http", "https")
+MIN_WEBHOOK_SECRET = 16  # characters, like a token: an HMAC key must not be guessable
 DEFAULT_PROFILE = "production"
 
 
@@ -64,6 +68,21 @@ class ServerConfig:
     retention_days: float = 0.0  # 0: keep finalized streams forever
     # a live listener whose send is blocked this long is closed with 4429 (protocol §11.5)
     listener_stall_timeout: float = 10.0
+    # Connection-history entries (connected / disconnected intervals, replays) kept per
+    # stream for the web view's timeline; the oldest go first (docs/notifications.md).
+    history_limit: int = 500
+    # -- storage backend (docs/scale-out.md). Empty: the local journal under data_dir.
+    store: str = ""
+    replicas: int = 3  # replicas of the JetStream audio stream when this server creates it
+    min_replicas: int = 3  # refuse to start when the audio stream has fewer (§ "Durability")
+    lease_seconds: float = 10.0  # a node's ownership of a stream lapses this long unrenewed
+    node_name: str = ""  # this node in leases and logs; empty: HOST:PORT
+    nats_creds: str = ""  # NATS credentials file (.creds); empty: none
+    nats_token: str = field(default="", repr=False)  # NATS auth token; empty: none
+    # -- webhooks (docs/webhooks.md): POST stream events to each URL, signed with the secret
+    webhooks: tuple[str, ...] = ()
+    webhook_secret: str = field(default="", repr=False)
+    webhook_outbox_limit: int = 10000  # events kept undelivered (on disk) before the oldest go
     public_metrics: bool = False  # True: /metrics needs no token
     # False skips os.fsync (benchmarks only): acks then no longer mean durable (§4).
     fsync: bool = True
@@ -78,11 +97,13 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} outside 0..65535")
         for name in ("handshake_timeout", "idle_timeout", "session_timeout", "max_frame_seconds",
-                     "max_stream_seconds", "max_message_rate", "listener_stall_timeout"):
+                     "max_stream_seconds", "max_message_rate", "listener_stall_timeout",
+                     "lease_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("max_inflight_frames", "max_connections", "max_connections_per_token",
-                     "max_streams", "message_burst", "max_gaps"):
+                     "max_streams", "message_burst", "max_gaps", "history_limit", "replicas",
+                     "min_replicas", "webhook_outbox_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.max_message_bytes <= HEADER_SIZE:
@@ -101,6 +122,30 @@ class ServerConfig:
                 raise ConfigError(f"token #{i + 1}: {e}") from None
         object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.store and not (self.store.startswith(STORE_SCHEMES)
+                               and self.store.split("://", 1)[1].strip(",")):
+            raise ConfigError("store must be empty (the local journal) or "
+                              "nats://HOST:PORT[,HOST:PORT...]")
+        webhooks = tuple(self.webhooks)
+        for url in webhooks:
+            check_webhook_url(url)
+        object.__setattr__(self, "webhooks", webhooks)
+        if self.webhook_secret and len(self.webhook_secret) < MIN_WEBHOOK_SECRET:
+            raise ConfigError(f"webhook_secret must be at least {MIN_WEBHOOK_SECRET} characters")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential this config holds: redacted from each log line (logs.py)."""
+        return tuple(s for s in (*self.tokens, self.webhook_secret, self.nats_token) if s)
+
+
+def check_webhook_url(url: str) -> None:
+    """A webhook is an absolute http(s) URL with a host; the message never echoes the URL's
+    query or credentials (it may carry a secret)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in WEBHOOK_SCHEMES or not parts.hostname:
+        raise ConfigError(f"webhook {parts.scheme or '?'}://{parts.hostname or '?'}...: "
+                          "must be an absolute http:// or https:// URL")
 
 
 # What each flag means and the unit of its value; `--help` appends the default from the
@@ -130,6 +175,22 @@ _HELP: dict[str, tuple[str, str]] = {
                        "(0: never)", " days"),
     "listener_stall_timeout": ("seconds a live listener may stop reading before it is closed "
                                "with 4429", " s"),
+    "history_limit": ("connection-history entries kept per stream for the /ui timeline",
+                      " entries"),
+    "store": ("where audio is stored: empty for the local journal in the data dir, or "
+              "nats://HOST:PORT[,HOST:PORT...] for NATS JetStream (docs/scale-out.md)", ""),
+    "replicas": ("replicas of the JetStream audio stream when this server creates it", ""),
+    "min_replicas": ("refuse to start when the JetStream audio stream has fewer replicas", ""),
+    "lease_seconds": ("how long a node's ownership of a stream lasts unrenewed (JetStream)",
+                      " s"),
+    "node_name": ("this node's name in leases and logs (JetStream)", ""),
+    "nats_creds": ("NATS credentials file (.creds) for the JetStream store", ""),
+    "nats_token": ("NATS auth token for the JetStream store (prefer ECHOPANEL_NATS_TOKEN)", ""),
+    "webhooks": ("POST stream events to this URL (repeatable; docs/webhooks.md)", ""),
+    "webhook_secret": ("HMAC-SHA256 key signing webhook bodies (at least 16 characters; "
+                       "prefer ECHOPANEL_WEBHOOK_SECRET)", ""),
+    "webhook_outbox_limit": ("webhook events kept undelivered before the oldest are dropped",
+                             " events"),
     "public_metrics": ("serve /metrics without a token", ""),
     "fsync": ("fsync before acking (off is for benchmarks only)", ""),
     "sync_mode": ("how acked audio is made durable: syncfs (one flush for all streams), "
@@ -153,6 +214,12 @@ def _default_text(name: str) -> str:
         return f"{default:g}{unit}"
     if isinstance(default, Path) and not default.is_absolute():
         return f"./{default}"
+    if name == "store" and not default:
+        return "the local journal"
+    if name == "node_name" and not default:
+        return "HOST:PORT"
+    if default in ("", ()):
+        return "none"
     return f"{default}{unit}"
 
 
@@ -216,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "tokens":
             continue
+        if f.name == "webhooks":
+            parser.add_argument("--webhook", dest="webhooks", action="append", default=None,
+                                metavar="URL", help=_help(f.name))
+            continue
         if f.name == "profile":
             parser.add_argument(flag, choices=sorted(PROFILES), default=None, help=_help(f.name))
         elif f.name == "log_format":
@@ -263,6 +334,13 @@ def load_config(
         if f.name in ("profile", "tokens"):
             continue
         raw = env.get(ENV_PREFIX + f.name.upper())
+        if f.name == "webhooks":  # ECHOPANEL_WEBHOOKS: comma-separated
+            raw = env.get(ENV_PREFIX + "WEBHOOKS", env.get(ENV_PREFIX + "WEBHOOK"))
+            if raw is not None:
+                values[f.name] = tuple(u.strip() for u in raw.split(",") if u.strip())
+            if ns.webhooks:
+                values[f.name] = tuple(ns.webhooks)
+            continue
         if raw is not None:
             try:
                 values[f.name] = _converter(f.name)(raw)

@@ -38,7 +38,7 @@ from .core import (
     StartCommits,
     State,
 )
-from .errors import ClosingError, storage_failure
+from .errors import STORAGE_FAILURE, ClosingError, storage_failure
 from .flusher import Flusher
 from .metrics import Metrics
 from .sessions import Registry
@@ -127,7 +127,7 @@ class Connection:
         finally:
             actions = self.core.finished()
             if self.stream is not None and any(type(a) is Detach for a in actions):
-                self.registry.detach(self.stream, self)
+                self.registry.detach(self.stream, self, self.core.close_code or 1006)
             self.metrics.close(self.core.close_code or 1006)
             self.finished.set()
 
@@ -278,6 +278,9 @@ class Connection:
             return
         self._close_sent = True
         code, reason = close.code, close.reason
+        if code == CloseCode.TRY_AGAIN_LATER and reason == STORAGE_FAILURE \
+                and self.stream is not None:
+            self.registry.storage_failed(self.stream, "write or sync")
         if code not in (CloseCode.NORMAL, CloseCode.SERVICE_RESTART):
             log.info("%r closing with %d: %s", self, code, reason,
                      extra=self._ctx(code=code, reason=reason))

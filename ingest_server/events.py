@@ -1,11 +1,17 @@
 """The in-process event bus: what happens to streams, for whoever wants to know
 (docs/listeners.md "Events"; wire form: docs/protocol.md §11.4).
 
-Publishers: the registry (sessions.py) publishes `opened`, `resumed`, `disconnected` and
-`finalized`; a stream (stream.py) publishes `gap` when a gap record becomes *durable* (so
-nothing announced can later be cut back). Subscribers: the discovery endpoint
-(`GET /v1/events`) and each live listener (listen.py), for its stream's connection state.
-A later issue adds webhooks and a web UI on the same bus.
+Publishers: the registry (sessions.py) publishes `opened`, `resumed`, `disconnected`,
+`finalized` and `storage_failed`; a stream (stream.py) publishes `gap` when a gap record
+becomes *durable* (so nothing announced can later be cut back). Subscribers: the discovery
+endpoint (`GET /v1/events`), each live listener (listen.py) for its stream's connection
+state, the connection history behind the web view (history.py) and the webhook outbox
+(webhooks.py).
+
+`resumed` and `disconnected` carry `duplicates`, the stream's count of replayed items the
+server dropped so far (§4): the difference between a `disconnected` and the `resumed`
+before it is what that connection replayed. `disconnected` carries the connection's
+`close_code` (§7; 1006 when it simply vanished).
 
 Publishing never blocks and never waits on a subscriber: each subscription has a bounded
 queue (`limit` events); one that falls that far behind is marked `overflowed` and gets no
@@ -33,6 +39,7 @@ class EventKind(StrEnum):
     DISCONNECTED = "disconnected"  # the uplink's connection is gone (the stream stays open)
     GAP = "gap"  # a gap record became durable
     FINALIZED = "finalized"  # ended by the uplink, or expired
+    STORAGE_FAILED = "storage_failed"  # a write or sync failed; the uplink was closed with 1013
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,9 @@ class StreamEvent:
     wall_time: float  # POSIX seconds (the registry's wall clock)
     gap: Gap | None = None  # GAP only: the range as recorded
     end_reason: str | None = None  # FINALIZED only: "ended" or "expired"
+    duplicates: int | None = None  # RESUMED / DISCONNECTED: replayed items dropped so far
+    close_code: int | None = None  # DISCONNECTED: how the connection ended (§7)
+    detail: str | None = None  # STORAGE_FAILED: the operation that failed
 
     def to_json(self) -> dict[str, object]:
         body: dict[str, object] = {"type": "stream", "event": self.kind.value,
@@ -53,6 +63,12 @@ class StreamEvent:
                         first_seq=self.gap.first_seq, end_seq=self.gap.end_seq)
         if self.end_reason is not None:
             body["end_reason"] = self.end_reason
+        if self.duplicates is not None:
+            body["duplicates"] = self.duplicates
+        if self.close_code is not None:
+            body["close_code"] = self.close_code
+        if self.detail is not None:
+            body["detail"] = self.detail
         return body
 
 

@@ -27,11 +27,13 @@ from .auth import Authenticator, Denial, Principal
 from .commit import make_committer
 from .config import ServerConfig
 from .connection import Connection
+from .history import ConnectionHistory
 from .listen import FromError, ListenerHub, parse_from
 from .metrics import Gauges, Metrics
 from .sessions import Registry
 from .storage import Store
 from .storage.lock import DataDirLock
+from .webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ IO_THREADS = 16
 SHUTDOWN_GRACE = 10.0
 RETRY_AFTER = "5"  # seconds, on 429 / 503 answers to the upgrade
 READY_PROBE = ".ready-probe"
+WEBHOOK_OUTBOX_DIR = ".webhooks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +78,19 @@ class IngestService:
                                  committer=self.committer)
         self.connections: set[Connection] = set()
         self.listeners = ListenerHub(self.registry, self.store, config)  # §11 live listeners
+        # Both subscribe to the event bus (events.py): the web view's timeline, and webhooks
+        # with their outbox under the data dir (it survives a restart).
+        self.history = ConnectionHistory(self.registry.events, config.history_limit)
+        self.webhooks = WebhookDispatcher(config, self.registry.events,
+                                          config.data_dir / WEBHOOK_OUTBOX_DIR, self.executor)
         self.per_token: dict[str | None, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.metrics.watch(self._gauges)
 
     async def start(self) -> None:
         """Recover every stream before the first connection is accepted."""
+        self.history.start()  # before recovery and the first connection: nothing is missed
+        await self.webhooks.start()
         self.registry.recover()
         self._sweeper = asyncio.create_task(self._sweep())
 
@@ -231,6 +241,8 @@ class IngestService:
         await self.listeners.close()  # 1012: each resumes from its position after the restart
         await self.close_connections()
         await self.registry.close()
+        await self.webhooks.stop()  # after the last event; undelivered ones stay on disk
+        await self.history.stop()
         self.committer.close()
         self.executor.shutdown(wait=True)
         self.lock.release()  # last: every journal is closed

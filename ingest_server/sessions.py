@@ -60,6 +60,10 @@ EXPIRY_RETRY = 30.0  # seconds before retrying an expiry whose finalization fail
 DAY = 86400.0
 
 
+# Events that carry the stream's duplicates count (events.py): replays per connection.
+_COUNTS_REPLAYS = frozenset({EventKind.RESUMED, EventKind.DISCONNECTED})
+
+
 def credential_hash(credential: str) -> str:
     return hashlib.sha256(credential.encode()).hexdigest()
 
@@ -107,9 +111,12 @@ class Registry:
         return stream
 
     def _publish(self, kind: EventKind, stream: Stream, *, gap: Gap | None = None,
-                 end_reason: str | None = None) -> None:
+                 end_reason: str | None = None, close_code: int | None = None,
+                 detail: str | None = None) -> None:
+        duplicates = stream.duplicates if kind in _COUNTS_REPLAYS else None
         self.events.publish(StreamEvent(kind, stream.stream_id, stream.durable.next_sample,
-                                        self.wall(), gap, end_reason))
+                                        self.wall(), gap, end_reason, duplicates, close_code,
+                                        detail))
 
     def _durable_moved(self, stream: Stream, before: Position, after: Position) -> None:
         """A gap is announced once its record is durable (events.py): never one that a
@@ -273,12 +280,18 @@ class Registry:
                     raise
                 return
 
-    def detach(self, stream: Stream, owner: Owner) -> None:
+    def detach(self, stream: Stream, owner: Owner, close_code: int | None = None) -> None:
         """The owner's connection is gone: the session timeout starts now (§2)."""
         if stream.owner is owner:
             stream.owner = None
             stream.idle_since = self.clock()
-            self._publish(EventKind.DISCONNECTED, stream)
+            self._publish(EventKind.DISCONNECTED, stream, close_code=close_code)
+
+    def storage_failed(self, stream: Stream, what: str) -> None:
+        """A storage fault closed this stream's uplink with 1013 (§7): tell subscribers
+        (webhooks, the web view). The reason stays generic on the wire; `what` names the
+        operation ("journal write", "fsync"), never a path or an errno text."""
+        self._publish(EventKind.STORAGE_FAILED, stream, detail=what)
 
     # -- end, expiry and retention (§6, §2) -------------------------------------------------
 

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
-DEB_PACKAGES=(libportaudio2 pulseaudio pulseaudio-utils alsa-utils libasound2-plugins espeak-ng sox dbus-daemon dbus-session-bus-common)
+DEB_PACKAGES=(libportaudio2 pulseaudio pulseaudio-utils alsa-utils libasound2-plugins espeak-ng sox dbus-daemon dbus-session-bus-common chromium chromium-driver)
 
 log() { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
 
@@ -50,7 +50,7 @@ setup_venv() {
   local stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
   if [ ! -f "$stamp" ]; then
     log "installing Python dependencies"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test,cluster]"
     rm -f "$VENV"/.installed-* && touch "$stamp"
   fi
 }

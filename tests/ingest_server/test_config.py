@@ -133,8 +133,9 @@ def test_help_shows_every_default_with_its_unit() -> None:
     parser = build_parser()
     flags = {a.option_strings[0]: a.help or "" for a in parser._actions
              if a.option_strings and a.dest not in ("help", "version")}
-    assert {"--" + f.replace("_", "-") for f in ServerConfig.__slots__ if f != "tokens"} <= (
-        set(flags))
+    singular = {"webhooks": "webhook"}  # repeatable flags are named for one value
+    assert {"--" + singular.get(f, f).replace("_", "-") for f in ServerConfig.__slots__
+            if f != "tokens"} <= set(flags)
     for flag, text in flags.items():
         assert "(default: " in text, flag
     assert "(default: 15 s)" in flags["--idle-timeout"]
@@ -160,3 +161,32 @@ def test_anything_else_is_an_error_naming_the_variable(text: str) -> None:
         parse_bool(text)
     with pytest.raises(ConfigError, match="ECHOPANEL_PUBLIC_METRICS"):
         load_config([], {"ECHOPANEL_PUBLIC_METRICS": text})
+
+
+def test_store_webhooks_and_secrets() -> None:
+    cfg = load_config(["--webhook", "http://127.0.0.1:9/hook", "--webhook", "https://h.example/x",
+                       "--store", "nats://127.0.0.1:4222,127.0.0.1:4223",
+                       "--profile", "development"],
+                      {"ECHOPANEL_WEBHOOK_SECRET": "s" * 20, "ECHOPANEL_NATS_TOKEN": "n" * 20})
+    assert cfg.webhooks == ("http://127.0.0.1:9/hook", "https://h.example/x")
+    assert cfg.store.startswith("nats://") and (cfg.replicas, cfg.min_replicas) == (1, 1)
+    assert set(cfg.secrets) == {"s" * 20, "n" * 20}
+    assert "s" * 20 not in repr(cfg) and "n" * 20 not in repr(cfg)
+    assert load_config([], {}).min_replicas == 3  # production
+    env = load_config([], {"ECHOPANEL_WEBHOOKS": "http://a/1, http://b/2"})
+    assert env.webhooks == ("http://a/1", "http://b/2")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--store", "redis://x:1"], "store must be"),
+    (["--store", "nats://"], "store must be"),
+    (["--webhook", "ftp://x/y"], "http:// or https://"),
+    (["--webhook", "http:///nohost?secret=abc"], "http:// or https://"),
+    (["--webhook", "http://x/y", "--webhook-secret", "short"], "at least 16"),
+    (["--lease-seconds", "0"], "lease_seconds must be positive"),
+    (["--history-limit", "0"], "history_limit must be at least 1"),
+])
+def test_bad_store_and_webhook_settings(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(argv, {})
+    assert "secret=abc" not in str(err.value)
