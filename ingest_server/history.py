@@ -118,28 +118,28 @@ class StreamHistory:
 
 def entry_for(event: StreamEvent, history: StreamHistory) -> Entry:
     """The history entry of one bus event (`history`: the stream's, for replay counts)."""
-    base = dict(time=event.wall_time, at_sample=event.at_sample)
+    t, at = event.wall_time, event.at_sample
     match event.kind:
         case EventKind.OPENED | EventKind.RESUMED:
-            return Entry(EntryKind.CONNECTED, **base, first=event.kind is EventKind.OPENED,
+            return Entry(EntryKind.CONNECTED, t, at, first=event.kind is EventKind.OPENED,
                          duplicates_before=event.duplicates or 0)
         case EventKind.DISCONNECTED:
             connected = history.last_connected()
             replayed = None  # unknown when the history missed the connection's start
             if connected is not None and event.duplicates is not None:
                 replayed = event.duplicates - (connected.duplicates_before or 0)
-            return Entry(EntryKind.DISCONNECTED, **base, close_code=event.close_code,
+            return Entry(EntryKind.DISCONNECTED, t, at, close_code=event.close_code,
                          replayed=replayed)
         case EventKind.GAP:
             gap = event.gap
             assert gap is not None
-            return Entry(EntryKind.GAP, **base, start_sample=gap.start_sample,
+            return Entry(EntryKind.GAP, t, at, start_sample=gap.start_sample,
                          end_sample=gap.end_sample, first_seq=gap.first_seq,
                          end_seq=gap.end_seq)
         case EventKind.FINALIZED:
-            return Entry(EntryKind.FINALIZED, **base, end_reason=event.end_reason)
+            return Entry(EntryKind.FINALIZED, t, at, end_reason=event.end_reason)
         case EventKind.STORAGE_FAILED:
-            return Entry(EntryKind.STORAGE_FAILED, **base, detail=event.detail)
+            return Entry(EntryKind.STORAGE_FAILED, t, at, detail=event.detail)
 
 
 class ConnectionHistory:
