@@ -48,14 +48,15 @@ from capture.undelivered import (
     write_undelivered,
 )
 from uplink.audio import SampleType
-from uplink.client import UplinkResult, endpoint_url
-from uplink.config import PROFILES, UplinkConfig, build_config, flat_option_names
+from uplink.client import UplinkResult
+from uplink.config import PROFILES, UplinkConfig, build_config, flat_option_names, server_urls
 from uplink.embed import AsyncUplink, new_stream_id
 from uplink.ring import OverflowPolicy, RingBuffer
 from uplink.spool import Recovered, Spool, SpoolError, SyncMode, SyncPolicy
 from uplink.wire import STREAM_ID_PATTERN, is_valid_stream_id, validate_labels
 
 PROG = "echopanel-capture"
+DEFAULT_SERVER = "ws://127.0.0.1:8765"
 UNNAMED_SPOOL = "unnamed"  # the default spool of a capture without --stream-id
 DISTRIBUTION = "echopanel-uplink"
 
@@ -90,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         "losslessly, through disconnects.",
     )
     env = os.environ.get
-    p.add_argument("--server", default=env("ECHOPANEL_SERVER", "ws://127.0.0.1:8765"),
-                   help="ws://HOST:PORT (the endpoint path is added) or a full ws:// URL "
-                   "(env ECHOPANEL_SERVER; default %(default)s)")
+    p.add_argument("--server", action="append", default=None, metavar="URL[,URL...]",
+                   help="ws://HOST:PORT (the endpoint path is added) or a full ws:// URL; "
+                   "several (comma-separated or repeated) are nodes of one service: the "
+                   "capture keeps the one that works and moves to the next on a reconnect "
+                   f"(env ECHOPANEL_SERVER, comma form; default {DEFAULT_SERVER})")
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     p.add_argument("--stream-id", help="stream id matching " + STREAM_ID_PATTERN.replace("%", "%%")
                    + " (default: a new one, printed on stdout)")
@@ -484,7 +487,8 @@ async def capture_with_spool(args: argparse.Namespace, config: UplinkConfig,
     source.start(outer)  # opens the device: errors surface here, before anything runs
     print(f"stream_id: {stream_id}", flush=True)
     if not args.quiet:
-        print(f"{PROG}: {source.description} → {client.url}\n"
+        rotation = " (then the others in turn on a reconnect)" if len(client.urls) > 1 else ""
+        print(f"{PROG}: {source.description} → {', '.join(client.urls)}{rotation}\n"
               f"{PROG}: buffer {ring.capacity_seconds:.0f} s = {ring.memory_bytes / 1e6:.1f} MB "
               f"({policy.value} when full)", file=human, flush=True)
         if spool is not None:
@@ -676,6 +680,7 @@ def summary_fields(result: UplinkResult, loss: Loss,
     fields: dict[str, Any] = {
         "ok": result.ok,
         "error": None if result.error is None else str(result.error),
+        "server": result.stats.state.server,  # the last one used (credential-free: config.py)
         "frames_delivered": delivered_frames(result, loss),
         "seconds_delivered": round((c.acked_sample - loss.samples) / rate, 3),
         "frames_dropped": loss.ring_frames,
@@ -806,7 +811,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, f"opt_{name}") is not None
     }
     try:
-        endpoint_url(args.server)
+        # --server (repeatable, commas) wins over ECHOPANEL_SERVER; checked before anything
+        # runs: credentials in a URL, mixed schemes or paths are a usage error
+        args.server = server_urls(
+            args.server or [os.environ.get("ECHOPANEL_SERVER") or DEFAULT_SERVER])
         config = build_config(args.profile, overrides)
     except ValueError as e:
         parser.error(str(e))

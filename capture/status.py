@@ -129,14 +129,21 @@ class StatusReporter:
         elif state.phase is Phase.CONNECTED:
             self._next_attempt = 1
         self._say(self._describe(state), style=_STATE_STYLE.get(state.phase, ""))
-        self._emit_json("state", state=state.phase, attempt=self._attempt, reason=state.reason)
+        self._emit_json("state", state=state.phase, attempt=self._attempt, reason=state.reason,
+                        server=state.server)
 
     def _describe(self, state: ConnectionState) -> str:
+        # with several servers each line names the one it is about (docs/capture.md)
+        several = len(self.client.urls) > 1
         if state.phase is Phase.RECONNECTING and state.retry_at is not None:
             wait = max(0.0, state.retry_at - time.monotonic())
-            return (f"reconnecting (attempt {self._attempt}, next try in {wait:.1f} s): "
+            where = f" {state.server}" if several else ""
+            return (f"reconnecting (attempt {self._attempt}, next try{where} in {wait:.1f} s): "
                     f"{state.reason}")
-        return state.describe(time.monotonic())
+        text = state.describe(time.monotonic())
+        if several and state.phase in (Phase.CONNECTING, Phase.CONNECTED):
+            text += f" to {state.server}"
+        return text
 
     def event(self, message: str) -> None:
         """A note from another thread (e.g. the microphone monitor): marshal to the loop."""
@@ -190,6 +197,7 @@ class StatusReporter:
             retry_in = round(max(0.0, stats.state.retry_at - now), 2)
         return {
             "state": stats.state.phase,
+            "server": stats.state.server,
             "phase": self._phase,
             "attempt": self._attempt,
             "retry_in": retry_in,

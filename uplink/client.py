@@ -28,7 +28,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, InvalidURI
 
 from uplink import wire
-from uplink.config import UplinkConfig
+from uplink.config import Servers, UplinkConfig, server_urls
+from uplink.config import endpoint_url as endpoint_url  # re-exported: its old home
 from uplink.core import (
     Action,
     CloseConnection,
@@ -79,25 +80,14 @@ class UplinkResult:
     gap_mismatch: str | None = None
 
 
-def endpoint_url(server: str) -> str:
-    """`ws://host:port` gets the protocol's path; a URL with a path is used as given."""
-    scheme, sep, rest = server.partition("://")
-    if not sep:
-        scheme, rest = "ws", server
-    if scheme not in ("ws", "wss"):
-        raise ValueError(f"server URL must start with ws:// or wss://, not {scheme}://")
-    host, slash, path = rest.partition("/")
-    if not host:
-        raise ValueError(f"server URL {server!r} has no host")
-    if not slash or not path:
-        return f"{scheme}://{host}{wire.ENDPOINT_PATH}"
-    return f"{scheme}://{host}/{path}"
-
-
 class UplinkClient:
+    """Streams one ring to the server. `server` is one URL or several — a string with
+    commas or a sequence (docs/resilience.md, "Several servers"): the client keeps the
+    one that works and moves to the next on a reconnect; token and TLS apply to each."""
+
     def __init__(
         self,
-        server: str,
+        server: Servers,
         ring: RingBuffer,
         stream_id: str,
         config: UplinkConfig,
@@ -108,14 +98,16 @@ class UplinkClient:
         cafile: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> None:
-        self.url = endpoint_url(server)
+        #: the endpoint URLs, checked (uplink/config.py server_urls); `url` is the one in use
+        self.urls = server_urls(server)
         self.ring = ring
         #: may be replaced before `retry()` (e.g. the application obtained a new token)
         self.token = token
         self.config = config
         self.clock = clock
-        self.core = UplinkCore(ring, stream_id, config, rng, labels=labels)  # validates labels
-        self._ssl = _tls_context(self.url, cafile)
+        # validates labels
+        self.core = UplinkCore(ring, stream_id, config, rng, labels=labels, servers=self.urls)
+        self._ssl = _tls_context(self.urls[0], cafile)  # every URL has the same scheme
         self._listeners: list[Callable[[ConnectionState], None]] = []
         #: called with the new acked seq (everything below is durable) whenever it advances
         self.on_ack: Callable[[int], None] | None = None
@@ -136,6 +128,11 @@ class UplinkClient:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- observation ----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The server URL in use (or, while reconnecting, the one tried next)."""
+        return self.core.server
 
     def on_state(self, listener: Callable[[ConnectionState], None]) -> None:
         """Call `listener` on every connection state change (on the event loop thread)."""
@@ -257,10 +254,10 @@ class UplinkClient:
                 case SendText(text):
                     self._outgoing.append(text)
                     self._send_ready.set()
-                case OpenConnection():
+                case OpenConnection(server):
                     self._gen += 1
                     self._outgoing.clear()
-                    self._spawn(self._connection(self._gen))
+                    self._spawn(self._connection(self._gen, self.urls[server]))
                 case CloseConnection(code, reason):
                     self._close_current(code, reason)
                 case StateChanged(state):
@@ -303,11 +300,11 @@ class UplinkClient:
 
     # -- tasks ----------------------------------------------------------------------------
 
-    async def _connection(self, gen: int) -> None:
+    async def _connection(self, gen: int, url: str) -> None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
             ws = await connect(
-                self.url,
+                url,
                 additional_headers=headers,
                 compression=None,  # PCM does not compress (docs/protocol.md §1)
                 proxy=None,
@@ -320,9 +317,9 @@ class UplinkClient:
         except Exception as e:  # translated at the boundary, cause kept
             if gen != self._gen:
                 return
-            error = _translate_open_error(e, self.url)
-            if (isinstance(e, InvalidMessage) and self.url.startswith("ws://")
-                    and await _speaks_tls(self.url, self.config.connect_timeout)):
+            error = _translate_open_error(e, url)
+            if (isinstance(e, InvalidMessage) and url.startswith("ws://")
+                    and await _speaks_tls(url, self.config.connect_timeout)):
                 error = TlsFailure("the server speaks TLS: use wss://, not ws://")
                 error.__cause__ = e
             if gen == self._gen:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
+from uplink import wire
 from uplink.policy import BackoffConfig, BreakerConfig, RetryBudgetConfig
 
 
@@ -134,6 +136,115 @@ PROFILES: dict[str, UplinkConfig] = {
         budget=RetryBudgetConfig(max_initial_attempts=15),
     ),
 }
+
+
+# -- server URLs (docs/resilience.md, "Several servers") ---------------------------------
+
+Servers = str | Sequence[str]
+
+
+def split_servers(server: Servers) -> list[str]:
+    """`"ws://A,ws://B"`, `["ws://A", "ws://B,ws://C"]` → one entry per server, in order.
+
+    The comma form is what ECHOPANEL_SERVER and one --server take; a sequence is what
+    repeated --server flags and the Python API give. Empty entries are refused.
+    """
+    parts = [server] if isinstance(server, str) else list(server)
+    if not parts:
+        raise ValueError("no server URL given")
+    entries: list[str] = []
+    for part in parts:
+        if not isinstance(part, str):
+            raise ValueError(f"a server URL is a string, not {type(part).__name__}")
+        for entry in part.split(","):
+            entry = entry.strip()
+            if not entry:
+                raise ValueError(f"empty server URL in {redact_url(part)!r} (a stray comma?)")
+            entries.append(entry)
+    return entries
+
+
+def redact_url(url: str) -> str:
+    """The URL with any userinfo and query replaced by `***`: safe for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    rest, qmark, _ = rest.partition("#")[0].partition("?")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}" + ("?***" if qmark else "")
+
+
+def _refuse_secrets(url: str) -> None:
+    """A credential in a URL would end up in status lines, logs and process listings: the
+    token goes in a header (--token), never in the URL. The message shows no secret."""
+    if "@" in url.partition("://")[2].partition("/")[0]:
+        raise ValueError(f"server URL {redact_url(url)} carries credentials (user:password@): "
+                         "pass the token with --token / ECHOPANEL_UPLINK_TOKEN (token=) instead")
+    if "?" in url or "#" in url:
+        raise ValueError(f"server URL {redact_url(url)} has a query or fragment: server URLs "
+                         "take none (a token goes in --token / token=)")
+
+
+def endpoint_url(server: str) -> str:
+    """`ws://host:port` gets the protocol's path; a URL with a path is used as given."""
+    _refuse_secrets(server)
+    scheme, sep, rest = server.partition("://")
+    if not sep:
+        scheme, rest = "ws", server
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"server URL must start with ws:// or wss://, not {scheme}://")
+    host, slash, path = rest.partition("/")
+    if not host:
+        raise ValueError(f"server URL {server!r} has no host")
+    if not slash or not path:
+        return f"{scheme}://{host}{wire.ENDPOINT_PATH}"
+    return f"{scheme}://{host}/{path}"
+
+
+def _same_scheme_and_path(urls: Sequence[str]) -> None:
+    """Every server of a list is a node of the same service: the same scheme (a token must
+    never go in clear to one node and over TLS to another) and the same path; and each one
+    once (a duplicate would get two turns per round)."""
+    first = urlsplit(urls[0])
+    seen: set[str] = set()
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme != first.scheme:
+            raise ValueError(f"server URLs mix {first.scheme}:// and {parts.scheme}:// "
+                             f"({urls[0]}, {url}): all servers use the same scheme")
+        if parts.path != first.path:
+            raise ValueError(f"server URLs have different paths ({urls[0]}, {url}): all "
+                             "servers use the same path")
+        if url in seen:
+            raise ValueError(f"server URL {url} is listed twice")
+        seen.add(url)
+
+
+def server_urls(server: Servers) -> tuple[str, ...]:
+    """The uplink's endpoint URLs, in the order given, checked (ValueError says why)."""
+    urls = tuple(endpoint_url(entry) for entry in split_servers(server))
+    _same_scheme_and_path(urls)
+    return urls
+
+
+def listen_servers(server: Servers) -> tuple[str, ...]:
+    """Listener base URLs (ws://, wss://, http:// or https://, any path prefix), checked like
+    the uplink's: no credentials, one scheme (http counts as ws), one path, no duplicates."""
+    urls: list[str] = []
+    for entry in split_servers(server):
+        _refuse_secrets(entry)
+        parts = urlsplit(entry if "://" in entry else f"ws://{entry}")
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        if scheme not in ("ws", "wss") or not parts.netloc:
+            raise ValueError(f"server URL {entry!r} must be ws://HOST:PORT (or wss://, "
+                             "http://, https://)")
+        path = parts.path.rstrip("/").removesuffix(wire.ENDPOINT_PATH)  # either form
+        urls.append(f"{scheme}://{parts.netloc}{path}")
+    _same_scheme_and_path(urls)
+    return tuple(urls)
+
 
 def flat_option_names() -> list[str]:
     return list(_FLAT)

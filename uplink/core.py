@@ -16,7 +16,8 @@ and gap reporting — is tested by feeding events (tests/uplink/test_core.py).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 
 from uplink import wire
@@ -37,7 +38,14 @@ from uplink.errors import (
     UplinkError,
     error_for_close,
 )
-from uplink.policy import Backoff, BreakerState, CircuitBreaker, RestartGrace, RetryBudget
+from uplink.policy import (
+    Backoff,
+    BreakerState,
+    CircuitBreaker,
+    RestartGrace,
+    RetryBudget,
+    ServerRotation,
+)
 from uplink.ring import AudioRun, GapReason, GapRun, RingBuffer
 
 # §2: a hello waits this long at most for the first frame, so that it can carry the
@@ -78,12 +86,14 @@ class Phase(StrEnum):
 @dataclass(frozen=True, slots=True)
 class ConnectionState:
     """A phase plus what goes with it: the attempt and next retry while reconnecting, the
-    reason when reconnecting or failed."""
+    reason when reconnecting or failed, and the server URL: the one in use (connecting,
+    connected), the one tried next (reconnecting) or the last one tried (failed, done)."""
 
     phase: Phase
     attempt: int = 0
     retry_at: float | None = None
     reason: str = ""
+    server: str = ""
 
     @property
     def name(self) -> Phase:
@@ -116,7 +126,10 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class OpenConnection:
-    pass
+    """Open a connection to server number `server` of the list (docs/resilience.md,
+    "Several servers"); always 0 with one server."""
+
+    server: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +204,13 @@ class UplinkCore:
         config: UplinkConfig,
         rng: random.Random | None = None,
         labels: dict[str, str] | None = None,
+        servers: Sequence[str] = ("",),
     ) -> None:
         if labels:
             wire.validate_labels(labels)
+        #: the server URLs, in rotation order; the core only names them in states
+        self.servers = tuple(servers)
+        self.rotation = ServerRotation(len(self.servers))
         self.ring = ring
         self.stream_id = stream_id
         self.labels = dict(labels) if labels else None
@@ -368,6 +385,7 @@ class UplinkCore:
         self.budget.restart()
         self.backoff.reset()
         self.breaker.reset()
+        self.rotation.reset()
         return self._attempt(now)
 
     # -- derived state --------------------------------------------------------------------
@@ -375,6 +393,11 @@ class UplinkCore:
     @property
     def in_flight(self) -> int:
         return self._in_flight()
+
+    @property
+    def server(self) -> str:
+        """The server URL in use, or the one tried next."""
+        return self.servers[self.rotation.index]
 
     def _in_flight(self) -> int:
         return self._send_seq - self.counters.acked_seq if self.state is State.STREAMING else 0
@@ -406,6 +429,7 @@ class UplinkCore:
             self.counters.recovery_times.append(now - self._lost_at)
             self._lost_at = None
         self.budget.connected()
+        self.rotation.connected()
         actions: list[Action] = self._apply_ack(msg.next_seq, msg.next_sample)
         self._gaps_in_flight.clear()  # the server never saw them: they are sent again
         self._send_seq = msg.next_seq
@@ -547,7 +571,12 @@ class UplinkCore:
             self._lost_at = now
         self._ack_deadline = self._pong_deadline = self._ping_at = None
         self._handshake_deadline = self._hello_due = None
-        if not error.escalate:
+        # several servers: the next one is tried at once; only a failure that completes a
+        # round of all of them is a failure for the policy below (policy.ServerRotation)
+        round_over = self.rotation.failed()
+        if not round_over:
+            delay = 0.0
+        elif not error.escalate:
             delay = self.backoff.soon_delay()
         elif error.restart_symptom and self.grace.covers(now):
             delay = self.backoff.first_step_delay()
@@ -560,6 +589,8 @@ class UplinkCore:
             steps = 2 if isinstance(error, ConnectionDropped) and error.code == 1013 else 1
             delay = self.backoff.next_delay(steps)
         spent = self.budget.exhausted(now)
+        if spent is not None and not self.budget.established and self.rotation.count > 1:
+            spent += f" (each a round of all {self.rotation.count} servers)"
         if spent is not None:
             return self._fail(RetryBudgetExhausted(f"{spent}; last error: {error}"), now)
         retry_at = now + delay
@@ -582,7 +613,8 @@ class UplinkCore:
             return []
         self.state = State.CONNECTING
         self._retry_at = None
-        return [self._publish(ConnectionState(Phase.CONNECTING, self.backoff.attempt)), OpenConnection()]
+        return [self._publish(ConnectionState(Phase.CONNECTING, self.backoff.attempt)),
+                OpenConnection(self.rotation.index)]
 
     def _fail(self, error: FatalError, now: float) -> list[Action]:
         del now
@@ -598,6 +630,7 @@ class UplinkCore:
         return actions
 
     def _publish(self, state: ConnectionState) -> StateChanged:
+        state = replace(state, server=self.server)
         self.public = state
         return StateChanged(state)
 

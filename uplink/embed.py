@@ -38,7 +38,7 @@ import numpy as np
 from uplink import wire
 from uplink.audio import AudioFormat, SampleType
 from uplink.client import UplinkClient, UplinkResult, UplinkStats
-from uplink.config import UplinkConfig, build_config
+from uplink.config import Servers, UplinkConfig, build_config
 from uplink.core import ConnectionState, Phase
 from uplink.errors import FatalError
 from uplink.frames import FrameCutter
@@ -116,7 +116,7 @@ def new_stream_id(prefix: str = "capture") -> str:
 class _Pipeline:
     """Format, config, ring, frame cutter and client: the parts both front ends share."""
 
-    def __init__(self, server: str, *, stream_id: str | None, rate: int, channels: int,
+    def __init__(self, server: Servers, *, stream_id: str | None, rate: int, channels: int,
                  dtype: str | SampleType, token: str | None, profile: str,
                  buffer_seconds: float | None, overflow: str | OverflowPolicy,
                  config: UplinkConfig | None, cafile: str | None,
@@ -253,12 +253,16 @@ class AsyncUplink:
     server's acks to free room; with the default `"drop-oldest"` (live audio) it never
     waits and an outage longer than the buffer becomes a recorded gap (`on_gap`).
 
+    `server` is one URL or several ("ws://A,ws://B" or ["ws://A", "ws://B"]): the uplink
+    keeps the one that works and moves to the next on a reconnect (docs/resilience.md,
+    "Several servers"); the token and `cafile` apply to every one.
+
     `spool=Spool.open(DIR)` (uplink/spool.py, docs/spool.md) keeps the unacknowledged audio
     on disk too: a spool that holds a stream (a crashed run's) continues it — same stream
     id, format and frame length — and a successful `aclose()` frees it.
     """
 
-    def __init__(self, server: str, *, stream_id: str | None = None, rate: int,
+    def __init__(self, server: Servers, *, stream_id: str | None = None, rate: int,
                  channels: int = 1, dtype: str | SampleType = "int16",
                  token: str | None = None, profile: str = "live",
                  buffer_seconds: float | None = None,
@@ -404,7 +408,7 @@ class Uplink:
     Hooks (`on_state`, `on_gap`) run on the uplink's thread: keep them short.
     """
 
-    def __init__(self, server: str, *, stream_id: str | None = None, rate: int,
+    def __init__(self, server: Servers, *, stream_id: str | None = None, rate: int,
                  channels: int = 1, dtype: str | SampleType = "int16",
                  token: str | None = None, profile: str = "live",
                  buffer_seconds: float | None = None,

@@ -14,6 +14,10 @@ drops, the server restarts or the listener is cut off, it reconnects with the up
 backoff and circuit breaker (uplink/policy.py) and resumes at `stream.position`, the next
 sample it has not yielded. So every sample of the stream is yielded exactly once, in order,
 as audio or inside a gap, from `start` up to the stream's end.
+
+`server` may name several servers ("ws://A,ws://B" or a list): nodes of one service (the
+JetStream store, docs/scale-out.md). The listener keeps the one that works and, when it
+fails, resumes at the same position on the next (docs/resilience.md, "Several servers").
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .audio import AudioFormat
-from .policy import Backoff, BackoffConfig, BreakerConfig, CircuitBreaker
+from .config import Servers, listen_servers
+from .policy import Backoff, BackoffConfig, BreakerConfig, CircuitBreaker, ServerRotation
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +136,12 @@ class ListenStream:
     `reconnects` counts the connections after the first.
     """
 
-    def __init__(self, server: str, stream_id: str, start: int | str = 0, *,
+    def __init__(self, server: Servers, stream_id: str, start: int | str = 0, *,
                  token: str | None = None, config: ListenConfig | None = None,
                  rng: random.Random | None = None) -> None:
-        self.server = server
+        #: the servers' base URLs, checked (uplink/config.py listen_servers)
+        self.servers = listen_servers(server)
+        self._rotation = ServerRotation(len(self.servers))
         self.stream_id = stream_id
         self._start: int | str = start
         self.position: int | None = start if isinstance(start, int) else None
@@ -150,6 +157,11 @@ class ListenStream:
         self._ws: Any = None
         self._pending: list[Chunk] = []
         self._failed_attempts = 0  # before the first connection (max_initial_attempts)
+
+    @property
+    def server(self) -> str:
+        """The server in use (or the one tried next)."""
+        return self.servers[self._rotation.index]
 
     def __aiter__(self) -> ListenStream:
         return self
@@ -219,6 +231,7 @@ class ListenStream:
             self._ws = ws
             self._breaker.record_success()
             self._backoff.reset()
+            self._rotation.connected()
             self.connections += 1
             if self.connections > 1:
                 self.reconnects += 1
@@ -234,14 +247,22 @@ class ListenStream:
         self.fmt = AudioFormat.from_json(header["format"])
 
     async def _wait_backoff(self, why: str, failure: bool = True) -> None:
+        failed_at = self.server
+        if not self._rotation.failed():
+            # another server is due at once; a full round of failures backs off below
+            log.info("listener of %s: %s: %s; trying %s", self.stream_id, failed_at, why,
+                     self.server)
+            return
         if failure:
             self._breaker.record_failure(time.monotonic())
             if self.connections == 0:
                 self._failed_attempts += 1
                 limit = self._config.max_initial_attempts
                 if limit and self._failed_attempts >= limit:
-                    raise ListenError(f"could not connect to {self.server} after "
-                                      f"{self._failed_attempts} attempts: {why}")
+                    each = f" (each a round of {len(self.servers)} servers)" if len(
+                        self.servers) > 1 else ""
+                    raise ListenError(f"could not connect to {', '.join(self.servers)} after "
+                                      f"{self._failed_attempts} attempts{each}: {why}")
         delay = self._backoff.next_delay()
         log.info("listener of %s: %s; retrying in %.2f s", self.stream_id, why, delay)
         await asyncio.sleep(delay)
@@ -250,8 +271,9 @@ class ListenStream:
         self._ws = None
         if code in FATAL_CLOSES:
             raise ListenError(f"closed with {code}: {reason}")
-        if code == 1012:  # the server restarts: soon, without escalating
-            await asyncio.sleep(self._backoff.soon_delay())
+        if code == 1012:  # the server restarts: the next one at once, or soon, not escalating
+            if self._rotation.failed():
+                await asyncio.sleep(self._backoff.soon_delay())
             return
         await self._wait_backoff(f"connection lost ({code}: {reason})")
 
@@ -299,7 +321,7 @@ class _Listening:
         await self._stream.aclose()
 
 
-def listen(server: str, stream_id: str, start: int | str = 0, *, token: str | None = None,
+def listen(server: Servers, stream_id: str, start: int | str = 0, *, token: str | None = None,
            config: ListenConfig | None = None) -> _Listening:
     """`async with listen(...) as stream: async for chunk in stream: ...` (module docstring).
 
@@ -309,7 +331,7 @@ def listen(server: str, stream_id: str, start: int | str = 0, *, token: str | No
     return _Listening(ListenStream(server, stream_id, start, token=token, config=config))
 
 
-async def iterate(server: str, stream_id: str, start: int | str = 0, *,
+async def iterate(server: Servers, stream_id: str, start: int | str = 0, *,
                   token: str | None = None) -> AsyncIterator[Chunk]:
     """The chunks of `listen(...)` as a plain async generator."""
     async with listen(server, stream_id, start, token=token) as stream:

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .audio import AudioFormat, wav_header
+from .config import Servers, listen_servers
 from .listen import Chunk, ChunkKind, ListenConfig, ListenError, ListenStream
 from .policy import Backoff, BackoffConfig
 
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
 TOKEN_ENV = "ECHOPANEL_LISTEN_TOKEN"
+SERVER_ENV = "ECHOPANEL_SERVER"
 HEADER_EVERY = 1.0  # seconds between WAV header updates: a killed listener leaves a valid file
 
 
@@ -122,17 +124,29 @@ def _parse_wav(head: bytes) -> tuple[int, AudioFormat]:
     raise ValueError("no data chunk in the WAV header")
 
 
-def stream_format(server: str, stream_id: str, token: str | None) -> AudioFormat:
-    """The stream's format from the REST API (to continue a raw file)."""
+def http_base(server: str) -> str:
+    """A listener base URL (ws://H:P[/prefix]) → the REST API's base (http://H:P[/prefix])."""
     base = server.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/")
-    base = base.removesuffix("/v1/stream")
-    req = urllib.request.Request(f"{base}/v1/streams/{stream_id}",
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return AudioFormat.from_json(json.load(resp)["format"])
+    return base.removesuffix("/v1/stream")
 
 
-async def listen_to_file(server: str, stream_id: str, output: str, *, fmt_name: str,
+def stream_format(server: Servers, stream_id: str, token: str | None) -> AudioFormat:
+    """The stream's format from the REST API (to continue a raw file): the first server that
+    answers (any node serves it, docs/scale-out.md)."""
+    error: OSError | None = None
+    for base in map(http_base, listen_servers(server)):
+        req = urllib.request.Request(f"{base}/v1/streams/{stream_id}",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return AudioFormat.from_json(json.load(resp)["format"])
+        except OSError as e:
+            error = e
+    assert error is not None
+    raise error
+
+
+async def listen_to_file(server: Servers, stream_id: str, output: str, *, fmt_name: str,
                          start: int | str | None, token: str | None, config: ListenConfig,
                          quiet: bool = False) -> int:
     loop = asyncio.get_running_loop()
@@ -186,7 +200,7 @@ def say(quiet: bool, text: str) -> None:
         print(f"echopanel-listen: {text}", file=sys.stderr, flush=True)
 
 
-async def follow_new(server: str, directory: Path, *, token: str | None,
+async def follow_new(server: Servers, directory: Path, *, token: str | None,
                      config: ListenConfig, quiet: bool) -> int:
     """Every stream the server announces (the snapshot's open ones, then each `opened`) is
     written to DIRECTORY/<stream_id>.wav, each by its own listener, until Ctrl-C."""
@@ -194,12 +208,13 @@ async def follow_new(server: str, directory: Path, *, token: str | None,
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     stop = threading.Event()
-    base = server.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/")
-    base = base.removesuffix("/v1/stream")
+    bases = [http_base(url) for url in listen_servers(server)]
 
     def read_events() -> None:
         backoff = Backoff(BackoffConfig(), random.Random())
+        turn = 0
         while not stop.is_set():
+            base = bases[turn % len(bases)]  # several servers: the next one after a failure
             req = urllib.request.Request(f"{base}/v1/events", headers=(
                 {"Authorization": f"Bearer {token}"} if token else {}))
             try:
@@ -212,8 +227,10 @@ async def follow_new(server: str, directory: Path, *, token: str | None,
                         if stop.is_set():
                             return
             except OSError as e:
-                say(quiet, f"event stream: {e}; reconnecting")
-            stop.wait(backoff.next_delay())
+                say(quiet, f"event stream from {base}: {e}; reconnecting")
+            turn += 1
+            if turn % len(bases) == 0:  # a whole round failed: back off (one server: always)
+                stop.wait(backoff.next_delay())
 
     threading.Thread(target=read_events, daemon=True, name="listen-events").start()
     running: dict[str, asyncio.Task[int]] = {}
@@ -247,8 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="echopanel-listen",
         description="Write a stream to a file or stdout while it is captured, exactly once: "
         "reconnects and resumes by sample position; gaps are written as silence.")
-    p.add_argument("--server", default=DEFAULT_SERVER, help=f"the ingest server "
-                   f"(default: {DEFAULT_SERVER})")
+    p.add_argument("--server", action="append", default=None, metavar="URL[,URL...]",
+                   help="the ingest server; several (comma-separated or repeated) are nodes "
+                   "of one service: the listener keeps the one that works and resumes on the "
+                   f"next (env {SERVER_ENV}, comma form; default: {DEFAULT_SERVER})")
     p.add_argument("--stream-id", help="the stream to listen to")
     p.add_argument("--token", default=os.environ.get(TOKEN_ENV),
                    help=f"bearer token (default: ${TOKEN_ENV})")
@@ -286,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         start = parse_start(args.start)
+        servers = listen_servers(args.server or [os.environ.get(SERVER_ENV) or DEFAULT_SERVER])
     except ValueError as e:
         parser.error(str(e))
     if not args.quiet:  # say why it is waiting: refused, retrying in 0.4 s, ...
@@ -298,13 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     config = ListenConfig(wait_for_stream=args.wait or args.follow_new is not None)
     try:
         if args.follow_new is not None:
-            return asyncio.run(follow_new(args.server, args.follow_new, token=args.token,
+            return asyncio.run(follow_new(servers, args.follow_new, token=args.token,
                                           config=config, quiet=args.quiet))
         if not args.stream_id:
             print("echopanel-listen: --stream-id (or --follow-new DIR) is required",
                   file=sys.stderr)
             return 2
-        return asyncio.run(listen_to_file(args.server, args.stream_id, args.output,
+        return asyncio.run(listen_to_file(servers, args.stream_id, args.output,
                                           fmt_name=args.format or "", token=args.token,
                                           start=start, config=config,
                                           quiet=args.quiet))

@@ -207,3 +207,40 @@ class RetryBudget:
             if down >= c.max_outage:
                 return f"link down for {down:.1f} s (limit {c.max_outage:g} s)"
         return None
+
+
+class ServerRotation:
+    """Which of several server URLs to try, and when a whole round of them has failed.
+
+    As MQTT and NATS clients do (docs/resilience.md, "Several servers"): the URL that works
+    is kept; a failed attempt or a lost link moves to the next URL in the list, round-robin,
+    starting with the first one listed. Only a failure that completes a round (every URL
+    failed in turn since the last successful handshake) is a failure for the backoff, the
+    breaker and the retry budget; within a round the next URL is tried at once. With one URL
+    every failure completes a round: the policy is exactly the single-server one.
+    """
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError("at least one server")
+        self.count = count
+        self.index = 0  # the URL in use, or the next one to try
+        self.failed_in_round = 0
+
+    def connected(self) -> None:
+        """A handshake succeeded on the current URL: a new round starts from it."""
+        self.failed_in_round = 0
+
+    def failed(self) -> bool:
+        """The current URL failed or its link was lost: move on. True when this completes a
+        round (back off as for one server), False when another URL is due at once."""
+        self.index = (self.index + 1) % self.count
+        self.failed_in_round += 1
+        if self.failed_in_round >= self.count:
+            self.failed_in_round = 0
+            return True
+        return False
+
+    def reset(self) -> None:
+        """A fresh round (the application retries after a fatal error), same URL."""
+        self.failed_in_round = 0
