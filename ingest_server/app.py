@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, WebSocket
 
 from uplink.wire import ENDPOINT_PATH
 
-from . import api
+from . import api, ui
 from .config import ServerConfig
 from .service import IngestService, deny, quiet_uvicorn_denials
 
@@ -52,6 +52,7 @@ def create_app(config: ServerConfig, *, clock: Callable[[], float] = time.monoto
                             responses=api.AUTH_RESPONSES)
         metrics.add_api_route("/metrics", api.metrics, methods=["GET"], **api.METRICS_ROUTE)
         app.include_router(metrics)
+    ui.install(app, service)  # the web view at /ui and its endpoints (docs/ui.md)
 
     @app.websocket(ENDPOINT_PATH)
     async def stream_endpoint(websocket: WebSocket) -> None:

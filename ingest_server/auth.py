@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -176,3 +177,35 @@ class Authenticator:
         # or lets the header check decide, so it is no better an oracle than the header.
         forms = query_decodings(query_string)
         return any(token in form for form in forms for token in self._tokens)
+
+
+class SessionSigner:
+    """Short-lived sessions for the web view's `<audio>` element (docs/ui.md "Auth").
+
+    An `<audio>` element cannot send an Authorization header, and a token must never be in
+    a URL (§10). So the page, holding the token, trades it once for a session: an HMAC-
+    signed expiry time, with a key made at start-up and never stored (a restart or the TTL
+    ends every session). The cookie holds no token and nothing derived from one; it only
+    says "a valid token asked for this until then". It is accepted for reading audio only
+    (GET / HEAD on the web view's audio route, ui.py).
+    """
+
+    def __init__(self, ttl: float, key: bytes | None = None) -> None:
+        self.ttl = ttl
+        self._key = key if key is not None else secrets.token_bytes(32)
+
+    def _sign(self, expires: int) -> str:
+        return hmac.new(self._key, str(expires).encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, now: float) -> str:
+        expires = int(now + self.ttl)
+        return f"{expires}.{self._sign(expires)}"
+
+    def valid(self, value: str | None, now: float) -> bool:
+        if not value:
+            return False
+        expires_text, _, signature = value.partition(".")
+        if not expires_text.isdigit() or len(expires_text) > 12:
+            return False
+        expires = int(expires_text)
+        return hmac.compare_digest(signature, self._sign(expires)) and now < expires
