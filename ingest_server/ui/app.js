@@ -201,27 +201,29 @@ function titled(node, text) {
   return node;
 }
 
-/** Connection intervals from the history: connected, then after a disconnect either
- * reconnecting (the uplink came back, or the server still awaits its resume) or
- * disconnected (the stream expired meanwhile, or ended). */
+/** Connection intervals from the history: connected; after a disconnect, reconnecting (the
+ * uplink came back, or the server still awaits its resume) or, once the stream is
+ * finalized (expired while down, or ended), disconnected. `end`: now for an open stream,
+ * its end for a finalized one. */
 function intervals(history, end) {
   const out = [];
-  let open = null; // {kind, start}
+  let open = null; // {kind, start, entry}
+  let finalized = false;
   for (const e of history.entries) {
     if (e.kind === "connected") {
       if (open) out.push({ ...open, end: e.time });
       open = { kind: "connected", start: e.time, entry: e };
+      finalized = false; // an expired stream reopened (protocol.md §2)
     } else if (e.kind === "disconnected") {
       if (open) out.push({ ...open, end: e.time });
-      open = { kind: "reconnecting", start: e.time, entry: e };
+      open = { kind: finalized ? "disconnected" : "reconnecting", start: e.time, entry: e };
     } else if (e.kind === "finalized") {
-      if (open && open.kind !== "connected") open.kind = "disconnected";
-      if (open) out.push({ ...open, end: e.time });
-      open = null;
+      if (open && open.kind === "reconnecting") open.kind = "disconnected";
+      finalized = true;
     }
   }
-  if (open) out.push({ ...open, end });
-  return out;
+  if (open) out.push({ ...open, end: Math.max(end, open.start) });
+  return out.filter((s) => s.end > s.start || s.kind === "connected");
 }
 
 function replayMarks(history) {
@@ -262,7 +264,8 @@ function renderTimeline(detail, history, levels) {
   const CONN_Y = 16;
   lane(CONN_Y, "connection");
   const spans = intervals(history, detail.state === "open" ? now : (ended ?? t1));
-  const firstKnown = history.entries.length ? history.entries[0].time : (ended ?? t1);
+  // Before the server started (a restart), what happened to the connection is not known.
+  const firstKnown = Math.min(history.since, history.entries.length ? history.entries[0].time : t1);
   if (firstKnown > t0) {
     svg.append(titled(el("rect", { x: x(t0), y: CONN_Y, width: w(t0, firstKnown), height: 22,
       class: "unknown", "data-kind": "unknown" }), "before this server's history began"));
