@@ -1,11 +1,17 @@
 """The README's main command: start an ingest server, stream audio to it, show where it landed.
 
     bash tools/dev.sh demo [--speed 1] [--data-dir ./data] [--seconds 10] [--no-serve]
+    bash tools/dev.sh demo --cluster [--kill-after 4]
 
 Streams the microphone when one is available (for --seconds), otherwise the bundled speech
 recording, and says which it chose. Then checks the stored audio against the source, prints
 the curl commands that fetch it, and keeps the server running until Ctrl-C so they work
 (when run from a terminal; `--no-serve` or a non-interactive run stops it at once).
+
+`--cluster` runs the scale-out setup instead (tools/cluster.py: 3 NATS nodes, 3 ingest
+nodes, the balancer) and streams through the balancer at real time, saying how to kill
+the node that holds the capture (or doing it itself after `--kill-after` seconds) and what
+to look at; at the end the stored audio is fetched from a node and compared to the source.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from capture.wav_source import bundled_recording
 from capture.wavfile import read_wav
+from tools.cluster import Cluster, describe
 
 LISTENING = re.compile(r"listening on (ws://\S+)")
 
@@ -67,6 +78,77 @@ def start_server(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]
     raise SystemExit(f"[demo] the ingest server exited with status {server.wait()}")
 
 
+def cluster_demo(args: argparse.Namespace, data_dir: Path) -> int:
+    """Stream through the balancer of a loopback cluster while a node may die (docs/scale-out.md)."""
+    source_path = args.input or bundled_recording()
+    stream_id = time.strftime("cluster-demo-%Y%m%d-%H%M%S")
+    base = Path(tempfile.mkdtemp(prefix="cluster-", dir=data_dir))  # fresh NATS and nodes
+    print(f"[demo] starting the cluster in {base} (3 NATS nodes, 3 ingest nodes, balancer)")
+    with Cluster(base, nodes=3, nats_nodes=3) as cluster:
+        for line in describe(cluster):
+            print(f"[demo] {line}")
+        print(f"[demo] streaming {source_path} at speed {args.speed:g} (1 = real time) "
+              f"through the balancer {cluster.balancer_url}")
+        print("[demo] to kill the node that holds the capture, in another terminal: "
+              "kill -9 <its pid above> (the balancer sends the first connection to node0)")
+        print("[demo] look at: the capture's 'reconnecting' then 'connected' lines (it resumed "
+              "on another node through the balancer), its final 'done' line (0 frames "
+              "dropped), and the comparison with the source below")
+        capture = [sys.executable, "-m", "capture", "--server", cluster.balancer_url,
+                   "--input", str(source_path), "--speed", str(args.speed),
+                   "--stream-id", stream_id, "--status", "lines"]
+        proc = subprocess.Popen(capture, stdout=subprocess.PIPE, text=True)
+        if args.kill_after is not None:
+            threading.Thread(target=kill_serving_node, args=(cluster, args.kill_after, proc),
+                             daemon=True).start()
+        out, _ = proc.communicate()
+        sys.stdout.write("".join(f"[demo] capture: {line}\n" for line in out.splitlines()))
+        if proc.returncode != 0:
+            print(f"[demo] capture failed with status {proc.returncode}")
+            return proc.returncode
+        target = data_dir / f"{stream_id}.wav"
+        served_by = fetch_from_any_node(cluster, stream_id, target)
+        if served_by is None:
+            print("[demo] no node serves the stream's audio (with the local store each node "
+                  "holds only its own streams: the JetStream store makes every node serve it)")
+            return 1
+        _, sent = read_wav(source_path)
+        _, stored = read_wav(target)
+        verdict = "sample-identical to" if sent == stored else "DIFFERENT from"
+        print(f"[demo] {served_by} served {target}: {verdict} the source ({len(stored)} bytes)")
+        return 0 if sent == stored else 1
+
+
+def kill_serving_node(cluster: Cluster, after: float, proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the ingest node the capture's connection went to, `after` seconds in."""
+    assert cluster.balancer is not None
+    time.sleep(after)
+    if proc.poll() is not None:
+        return
+    used = cluster.balancer.stats.per_backend
+    for i, node in enumerate(cluster.nodes):
+        if used.get(f"127.0.0.1:{node.port}"):
+            print(f"[demo] --kill-after: kill -9 node{i} (pid "
+                  f"{node.proc.pid if node.proc else '?'}) now", flush=True)
+            cluster.kill_node(i)
+            return
+
+
+def fetch_from_any_node(cluster: Cluster, stream_id: str, target: Path) -> str | None:
+    """Download the stream's WAV from the first node that serves it; its name, or None."""
+    for i, node in enumerate(cluster.nodes):
+        if not node.running:
+            continue
+        try:
+            with urllib.request.urlopen(f"{node.http}/v1/streams/{stream_id}/audio.wav",
+                                        timeout=30) as resp:
+                target.write_bytes(resp.read())
+        except (urllib.error.URLError, OSError):
+            continue
+        return f"node{i} ({node.http})"
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=Path("data"))
@@ -77,11 +159,20 @@ def main() -> int:
     ap.add_argument("--serve", action=argparse.BooleanOptionalAction, default=None,
                     help="keep the server running until Ctrl-C afterwards "
                     "(default: when stdin is a terminal)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="run the loopback cluster (NATS JetStream, 3 ingest nodes, a balancer) "
+                    "and stream through the balancer (docs/scale-out.md)")
+    ap.add_argument("--kill-after", type=float, metavar="SECONDS",
+                    help="with --cluster: SIGKILL the node holding the capture after this long")
     args = ap.parse_args()
     serve = sys.stdin.isatty() if args.serve is None else args.serve
 
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    if args.kill_after is not None and not args.cluster:
+        ap.error("--kill-after needs --cluster")
+    if args.cluster:
+        return cluster_demo(args, data_dir)
     port = free_port(args.port)
     server, url = start_server(data_dir, port)
     http = url.replace("ws://", "http://").split("/v1/")[0]
