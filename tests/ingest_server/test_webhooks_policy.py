@@ -7,8 +7,12 @@ import base64
 import hashlib
 import hmac
 import random
+import re
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +141,33 @@ def test_endpoint_labels_never_carry_credentials() -> None:
         == "https://hooks.example:8443/in"
     assert endpoint_label("http://[::1]/") == "http://[::1]/"
     assert endpoint_label("http://h") == "http://h/"
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
+
+
+def test_the_documented_verifier_and_example_request_are_right() -> None:
+    """docs/webhooks.md: its Python verifier, run as written, accepts what the server sends
+    and rejects a changed body; its example request's signature is the real one."""
+    text = DOCS.read_text()
+    [code] = re.findall(r"```python\n(.*?)```", text, re.S)
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    verify = namespace["verify"]
+    key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    entry = Entry(1, "evt_1", b'{"id":"evt_1","type":"stream.opened"}')
+    headers = request_headers(key, entry, int(time.time()))
+    assert verify(key, headers, entry.body)
+    assert not verify(key, headers, entry.body + b" ")
+    assert not verify(b"another key", headers, entry.body)
+    stale = request_headers(key, entry, int(time.time()) - 3600)
+    assert not verify(key, stale, entry.body)
+
+    request = re.search(r"```\nPOST .*?\n\n(.*?)\n```", text, re.S)
+    assert request is not None
+    head, body = request.group(0).split("\n\n", 1)
+    fields = dict(line.split(": ", 1) for line in head.splitlines()[2:])
+    body_bytes = body.removesuffix("\n```").encode()
+    assert int(fields["content-length"]) == len(body_bytes)
+    assert sign(key, fields["webhook-id"], int(fields["webhook-timestamp"]), body_bytes) \
+        == fields["webhook-signature"]
