@@ -28,7 +28,9 @@ from uplink.audio import AudioFormat, SampleType
 from . import api
 from .auth import Denial, SessionSigner
 from .service import IngestService
+from .storage import is_valid_stream_id
 from .storage.interface import AudioPiece, Position, StreamMeta, StreamStorage
+from .stream import Stream
 
 STATIC_DIR = Path(__file__).parent / "ui"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -58,6 +60,14 @@ FULL_SCALE = {SampleType.INT16: 2.0**15, SampleType.INT24: 2.0**23, SampleType.I
 def _service(request: Request) -> IngestService:
     service: IngestService = request.app.state.ingest
     return service
+
+
+def _stream(service: IngestService, stream_id: str) -> Stream:
+    """A stream this server holds (the history and the levels are this node's view)."""
+    stream = service.registry.streams.get(stream_id) if is_valid_stream_id(stream_id) else None
+    if stream is None:
+        raise HTTPException(404, f"unknown stream {stream_id!r}")
+    return stream
 
 
 # -- static files ------------------------------------------------------------------------------
@@ -150,7 +160,7 @@ async def history(stream_id: str, request: Request) -> dict[str, object]:
     """Entries oldest first (docs/ui.md): connected, disconnected (close code, items
     replayed), gap (exact samples), finalized, storage_failed. In memory since `since`."""
     service = _service(request)
-    stream = api._lookup(service, stream_id)
+    stream = _stream(service, stream_id)
     recorded = service.history.of(stream_id)
     return {
         "stream_id": stream_id,
@@ -176,7 +186,7 @@ async def levels(stream_id: str, request: Request,
     at most MAX_WINDOWS. A window wholly inside gaps is `null`. Cost: one sequential read of
     the durable audio, READ_CHUNK bytes at a time, in the IO threads (docs/ui.md)."""
     service = _service(request)
-    stream = api._lookup(service, stream_id)
+    stream = _stream(service, stream_id)
     meta, upto = stream.meta, stream.durable
     rate = meta.format.sample_rate
     samples = upto.next_sample
