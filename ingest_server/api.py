@@ -13,10 +13,12 @@ A WAV body is produced by a sync iterator, which Starlette runs in its thread po
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Security
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -27,8 +29,11 @@ from .auth import Denial
 from .discovery import event_stream
 from .metrics import CONTENT_TYPE
 from .service import IngestService
-from .storage import Gap, JournalWav, StreamMeta, is_valid_stream_id, parse_utc, utc_now
+from .storage import Gap, Store, StreamMeta, is_valid_stream_id, parse_utc, utc_now
+from .storage.interface import DurableAudio, Position, SharedStorage, StreamState
 from .stream import Stream
+
+T = TypeVar("T")
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
                      description="A token configured with --token, --token-file or "
@@ -140,7 +145,56 @@ def _service(request: Request) -> IngestService:
     return service
 
 
-def _summary(stream: Stream) -> dict[str, object]:
+@dataclass(frozen=True, slots=True)
+class StoredStream:
+    """A stream as a shared store (JetStream) describes it: the KV metadata and the durable
+    position of its subject's tail. Any node answers REST from this, not from memory."""
+
+    meta: StreamMeta
+    durable: Position
+    connected: bool = False
+    duplicates: int = 0
+
+    @property
+    def stream_id(self) -> str:
+        return self.meta.stream_id
+
+    @property
+    def frames(self) -> int:
+        return self.durable.frames
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return self.meta.gaps  # the KV checkpoint (writer.py): durable gaps, in order
+
+    @property
+    def finalized(self) -> bool:
+        return self.meta.state is StreamState.FINALIZED
+
+
+StreamView = Stream | StoredStream
+
+
+async def _in_thread(service: IngestService, fn: Callable[..., T], *args: object) -> T:
+    """A blocking store call (NATS round trips) off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(service.executor, fn, *args)
+
+
+async def _stored(service: IngestService, shared: SharedStorage, stream_id: str
+                  ) -> StoredStream:
+    meta = await _in_thread(service, shared.lookup, stream_id) \
+        if is_valid_stream_id(stream_id) else None
+    if meta is None:
+        raise HTTPException(404, f"unknown stream {stream_id!r}")
+    local = service.registry.streams.get(stream_id)
+    if local is not None and local.journal is not None and shared.holds(local.journal):
+        # this node writes it: memory is exact (the same as the tail, and no round trip)
+        return StoredStream(meta, local.durable, local.owner is not None, local.duplicates)
+    durable = await _in_thread(service, shared.durable_position, meta)
+    return StoredStream(meta, durable, connected=False)
+
+
+def _summary(stream: StreamView) -> dict[str, object]:
     meta = stream.meta
     # Durable positions: what a resuming client would be told (§2).
     samples = stream.durable.next_sample
@@ -205,19 +259,32 @@ METRICS_ROUTE: dict[str, Any] = {
 async def list_streams(request: Request,
                        state: Literal["open", "finalized"] | None = None) -> StreamList:
     """Every stream, or those in one `state` (`?state=open`: the ones to listen to)."""
-    streams = sorted((s for s in _service(request).registry.streams.values()
-                      if state is None or s.meta.state.value == state),
+    service = _service(request)
+    views: list[StreamView]
+    if service.shared is not None:  # every node lists every stream (the KV bucket)
+        views = [StoredStream(meta, pos) for meta, pos
+                 in await _in_thread(service, service.shared.list_streams)]
+    else:
+        views = list(service.registry.streams.values())
+    streams = sorted((s for s in views if state is None or s.meta.state.value == state),
                      key=lambda s: s.stream_id)
     return StreamList.model_validate({"streams": [_summary(s) for s in streams]})
 
 
 @router.get("/v1/streams/{stream_id}", response_model=StreamDetail, responses=NOT_FOUND)
 async def get_stream(stream_id: str, request: Request) -> StreamDetail:
-    stream = _lookup(_service(request), stream_id)
+    service = _service(request)
+    stream: StreamView
+    if service.shared is not None:
+        # `connected`: a capture on THIS node; one on another node shows there
+        stream = await _stored(service, service.shared, stream_id)
+    else:
+        stream = _lookup(service, stream_id)
     return StreamDetail.model_validate({
         **_summary(stream),
         "next_seq": stream.durable.next_seq,
-        "connected": stream.owner is not None,
+        "connected": stream.connected if isinstance(stream, StoredStream)
+        else stream.owner is not None,
         "duplicates": stream.duplicates,
         "reopened": stream.meta.reopened,
         "gaps": [_gap(g, stream.meta) for g in stream.gaps],
@@ -265,8 +332,12 @@ AUDIO_ROUTE: dict[str, Any] = dict(
 @router.get(**AUDIO_ROUTE)
 async def get_audio(stream_id: str, request: Request) -> Response:
     service = _service(request)
-    stream = _lookup(service, stream_id)
     headers = {"Content-Disposition": f'attachment; filename="{stream_id}.wav"'}
+    if service.shared is not None:  # built from the subject on demand, on any node
+        stored = await _stored(service, service.shared, stream_id)
+        wav = await _in_thread(service, service.shared.open_wav, stored.meta, stored.durable)
+        return _journal_wav_response(wav, request, headers)
+    stream = _lookup(service, stream_id)
     if stream.journal is not None:
         try:
             wav = service.store.open_wav(stream.meta, stream.durable)
@@ -274,6 +345,7 @@ async def get_audio(stream_id: str, request: Request) -> Response:
             pass  # finalized (journal removed) between the check and the open: serve the file
         else:
             return _journal_wav_response(wav, request, headers)
+    assert isinstance(service.store, Store)
     path = service.store.wav_path(stream_id)
     if not stream.finalized or not path.exists():
         raise HTTPException(404, f"stream {stream_id!r} has no audio yet")
@@ -314,7 +386,7 @@ def _unsatisfiable(size: int) -> HTTPException:
                          headers={"Content-Range": f"bytes */{size}"})
 
 
-def _journal_wav_response(wav: JournalWav, request: Request,
+def _journal_wav_response(wav: DurableAudio, request: Request,
                           headers: dict[str, str]) -> Response:
     """An open stream's WAV (what is durable so far), whole, as one range, or as HEAD."""
     headers["Accept-Ranges"] = "bytes"
@@ -336,7 +408,7 @@ def _journal_wav_response(wav: JournalWav, request: Request,
                              headers=headers)
 
 
-def _slice(wav: JournalWav, start: int, end: int) -> Iterator[bytes]:
+def _slice(wav: DurableAudio, start: int, end: int) -> Iterator[bytes]:
     """Bytes [start, end) of the WAV. The journal is read from its start up to `end` (its
     records have no index by byte offset), so a range costs reading what precedes it."""
     chunks = iter(wav)

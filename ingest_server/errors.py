@@ -12,12 +12,16 @@
           │                              credential or id taken (4409), another token's
           │                              stream (1008), too many streams (1013), shutting
           │                              down (1012), a resume in another format (4400)
-          └── StorageUnavailable         storage failed under this request: 1013 "storage
-                                         failure", the client backs off, resumes, replays
+          ├── StorageUnavailable         storage failed under this request: 1013 "storage
+          │                              failure", the client backs off, resumes, replays
+          └── TakenOver                  a shared store (JetStream) fenced this node's
+                                         writer: another node took the stream over; 4411,
+                                         as for a newer connection on this node (§2)
 
     OSError                              storage code raises these; `storage_failure`
                                          below is the one place they become
-                                         StorageUnavailable (docs/storage.md "Disk faults")
+                                         StorageUnavailable (docs/storage.md "Disk faults"),
+                                         or TakenOver for StreamFenced
 
 Section numbers: docs/protocol.md (§7 lists the close codes).
 """
@@ -28,6 +32,8 @@ import logging
 from types import TracebackType
 
 from uplink.wire import CloseCode
+
+from .storage.interface import StreamFenced
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,14 @@ class StorageUnavailable(ClosingError):
         super().__init__(CloseCode.TRY_AGAIN_LATER, reason)
 
 
+class TakenOver(ClosingError):
+    """Another node took the stream over (shared store): 4411, the code for "a newer
+    connection took the stream over" (§7). The client's newer connection is elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__(CloseCode.SUPERSEDED, "stream taken over by another server")
+
+
 class StorageGuard:
     """`with guard:` turns an OSError from a storage call into StorageUnavailable (1013),
     keeping the cause: the one place that mapping happens. Reusable, so the per-item write
@@ -91,9 +105,13 @@ class StorageGuard:
         if error is None or not isinstance(error, OSError) \
                 or isinstance(error, self.passthrough):
             return
+        sid = self.stream_id
+        if isinstance(error, StreamFenced):  # not a fault: the stream lives on elsewhere
+            log.info("%s: stream %s was taken over by another server", self.what, sid,
+                     extra={"ctx": {"stream_id": sid, "event": "fenced"}})
+            raise TakenOver() from error
         if self.op is not None and self.counts is not None:
             self.counts[self.op] = self.counts.get(self.op, 0) + 1
-        sid = self.stream_id
         log.error("%s failed%s: %s", self.what, f" for stream {sid}" if sid else "", error,
                   extra={"ctx": {"stream_id": sid, "error": str(error)}})
         raise StorageUnavailable() from error

@@ -32,10 +32,19 @@ from .listen import FromError, ListenerHub, parse_from
 from .metrics import Gauges, Metrics
 from .sessions import Registry
 from .storage import Store
+from .storage.interface import SharedStorage, StreamStorage
 from .storage.lock import DataDirLock
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
+
+
+def open_shared_store(config: ServerConfig, *, wall: Callable[[], float],
+                      clock: Callable[[], float]) -> SharedStorage:
+    """`--store nats://...`: the JetStream backend (imports nats-py only now)."""
+    from .storage.jetstream import open_jetstream  # noqa: PLC0415 - the cluster extra
+
+    return open_jetstream(config, wall=wall, clock=clock)
 
 # fsyncs, WAV exports and stream creation run here, off the event loop. Sized for many
 # concurrent streams: while one fsync runs, later writes queue up and share the next one.
@@ -63,16 +72,26 @@ class IngestService:
         # DataDirBusy (a StorageError) names the holder's pid.
         self.lock = DataDirLock(config.data_dir)
         self.lock.acquire()
-        self.store = Store(config.data_dir, fsync=config.fsync)
+        # The local journal, or NATS JetStream shared by every node (docs/scale-out-design.md;
+        # the data dir then holds only this node's webhook outbox). StorageError (NATS
+        # unreachable, too few replicas, nats-py missing): a clear start-up failure.
+        self.shared: SharedStorage | None = None
+        self.store: StreamStorage
         try:
-            self.store.check_writable()  # StorageError: a clear start-up failure
+            if config.store:
+                self.shared = self.store = open_shared_store(config, wall=wall, clock=clock)
+            else:
+                local = Store(config.data_dir, fsync=config.fsync)
+                local.check_writable()
+                self.store = local
         except BaseException:
             self.lock.release()
             raise
         self.executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ingest-io")
         self.metrics = Metrics()
         self.auth = Authenticator(config.tokens)
-        self.committer = make_committer(config.sync_mode, self.executor, self.metrics)
+        self.committer = (self.shared.committer if self.shared is not None
+                          else make_committer(config.sync_mode, self.executor, self.metrics))
         self.registry = Registry(self.store, config, clock=clock, wall=wall,
                                  executor=self.executor, metrics=self.metrics,
                                  committer=self.committer)
@@ -185,6 +204,10 @@ class IngestService:
         """Ready: not shutting down, and a file can be written in the data dir right now."""
         if self.registry.shutting_down:
             return Readiness(False, True, True, "shutting down")
+        if self.shared is not None:
+            if not self.shared.healthy():
+                return Readiness(False, False, False, "not connected to NATS")
+            return Readiness(True, True, False, "ready")
         try:
             await asyncio.get_running_loop().run_in_executor(self.executor, self._probe)
         except OSError as e:
@@ -192,6 +215,7 @@ class IngestService:
         return Readiness(True, True, False, "ready")
 
     def _probe(self) -> None:
+        assert isinstance(self.store, Store)
         path = self.store.streams_dir / READY_PROBE
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -245,6 +269,8 @@ class IngestService:
         await self.history.stop()
         self.committer.close()
         self.executor.shutdown(wait=True)
+        if self.shared is not None:
+            self.shared.close()  # after the last publish; leases lapse (lease_seconds)
         self.lock.release()  # last: every journal is closed
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from uplink.wire import (
     MAX_ENDED_GAPS,
@@ -43,6 +43,8 @@ from .storage.interface import (
     EndReason,
     Gap,
     Position,
+    SharedStorage,
+    StreamFenced,
     StreamMeta,
     StreamState,
     StreamStorage,
@@ -56,6 +58,9 @@ T = TypeVar("T")
 
 EPOCH = 1  # §1: version 1 servers always issue epoch 1
 TAKEOVER_TIMEOUT = 10.0
+SHARED_PURGE_INTERVAL = 60.0
+SHARED_EXISTS = ("stream id taken by a stream in the cluster: only its resume credential "
+                 "continues it; else choose another id")
 EXPIRY_RETRY = 30.0  # seconds before retrying an expiry whose finalization failed
 DAY = 86400.0
 
@@ -101,6 +106,7 @@ class Registry:
         self.streams: dict[str, Stream] = {}
         self.open_count = 0  # streams not finalized (the max_streams limit)
         self.shutting_down = False
+        self._next_shared_purge = 0.0  # monotonic; shared stores purge once a minute
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -148,6 +154,8 @@ class Registry:
         if hello.resume is None:
             return await self._create(hello, owner, principal)
 
+        if self.store.shared:  # the stream may live on, or have moved from, another node
+            await self._load_shared(sid)
         stream = self.streams.get(sid)
         if stream is None:
             raise Refusal(CloseCode.UNKNOWN_STREAM, f"unknown stream {sid}")
@@ -196,8 +204,10 @@ class Registry:
                                      op="create", stream_id=sid, passthrough=(FileExistsError,)):
                     journal = await self._run(self.store.create, meta)
             except FileExistsError:  # a directory we could not recover still holds the id
-                self._forget(stream)
-                raise Refusal(CloseCode.STREAM_CONFLICT, f"stream {sid} already exists") from None
+                self._forget(stream)  # (shared store: a stream another node holds or held)
+                reason = (SHARED_EXISTS if self.store.shared
+                          else f"stream {sid} already exists")
+                raise Refusal(CloseCode.STREAM_CONFLICT, reason) from None
             except StorageUnavailable:
                 self._forget(stream)
                 raise
@@ -272,13 +282,68 @@ class Registry:
                     continue  # a third connection got in first: supersede it too
                 stream.owner = owner
                 try:
+                    if self.store.shared and not stream.finalized:
+                        await self._claim(stream)
                     # the welcome's next_seq must be durable (§2); a failed fsync was counted
                     with storage_failure("fsync before the welcome", stream_id=stream.stream_id):
                         await stream.sync()
-                except StorageUnavailable:
+                except (StorageUnavailable, Refusal):
                     stream.owner = None
                     raise
                 return
+
+    # -- a shared store (JetStream, docs/scale-out-design.md) ------------------------------
+
+    @property
+    def _shared(self) -> SharedStorage:
+        assert self.store.shared
+        return cast(SharedStorage, self.store)
+
+    async def _load_shared(self, sid: str) -> None:
+        """Bring this node's view of `sid` up to date with the store before a resume: the
+        stream may have been created, continued, finalized or deleted on another node. A
+        stream a connection here still holds stays: the takeover supersedes it first."""
+        with storage_failure("stream lookup", op="lookup", counts=self.metrics.storage_errors,
+                             stream_id=sid):
+            meta = await self._run(self.store.lookup, sid)
+        stream = self.streams.get(sid)
+        if stream is not None and stream.owner is None and (
+                meta is None or stream.journal is None or not self.store.holds(stream.journal)
+                or meta.state is not stream.meta.state):
+            self._drop(stream)
+            stream = None
+        if stream is None and meta is not None:
+            self.streams[sid] = self._stream(meta, None, self.clock())
+            if meta.state is not StreamState.FINALIZED:
+                self.open_count += 1
+
+    async def _claim(self, stream: Stream) -> None:
+        """Make this node the stream's writer (store.take: lease, fence, tail) and answer
+        the welcome from the tail JetStream holds. Called under stream.lock; the previous
+        owner here has finished (superseded)."""
+        sid = stream.stream_id
+        async with stream.sync_lock:
+            try:
+                with storage_failure("stream takeover", op="take", stream_id=sid,
+                                     counts=self.metrics.storage_errors,
+                                     passthrough=(FileNotFoundError,)):
+                    meta, writer = await self._run(self._shared.take, stream.meta)
+            except FileNotFoundError:
+                self._drop(stream)
+                raise Refusal(CloseCode.UNKNOWN_STREAM, f"unknown stream {sid}") from None
+            if stream.journal is not None:
+                stream.journal.close()  # fenced by the take
+            stream.meta = meta
+            stream.journal = writer
+            stream.durable = writer.position
+
+    def _drop(self, stream: Stream) -> None:
+        """Forget a stream another node owns now (or that is gone): only the memory."""
+        if self.streams.get(stream.stream_id) is stream:
+            self._forget(stream)
+        if stream.journal is not None:
+            stream.journal.close()
+            stream.journal = None
 
     def detach(self, stream: Stream, owner: Owner, close_code: int | None = None) -> None:
         """The owner's connection is gone: the session timeout starts now (§2)."""
@@ -313,6 +378,8 @@ class Registry:
         now = self.clock() if now is None else now
         timeout = self.config.session_timeout
         expired: list[str] = []
+        if self.store.shared:
+            self._drop_unheld()
         for stream in list(self.streams.values()):
             if (stream.finalized or stream.owner is not None
                     or now - stream.idle_since < timeout or now < stream.expiry_retry_at):
@@ -322,6 +389,11 @@ class Registry:
                     continue
                 try:
                     await self._finalize_locked(stream, EndReason.EXPIRED)
+                except StreamFenced:
+                    log.info("stream %s: taken over by another server; not expiring it here",
+                             stream.stream_id, extra={"ctx": {"stream_id": stream.stream_id}})
+                    self._drop(stream)
+                    continue
                 except OSError as e:
                     stream.expiry_retry_at = now + EXPIRY_RETRY
                     log.error("cannot finalize expired stream %s (retrying in %g s): %s",
@@ -333,12 +405,22 @@ class Registry:
             expired.append(stream.stream_id)
         return expired
 
+    def _drop_unheld(self) -> None:
+        """Shared store: keep in memory only the streams this node writes or a connection
+        here holds; the store answers for the rest (REST, resumes: _load_shared)."""
+        for stream in list(self.streams.values()):
+            if stream.owner is None and (stream.journal is None
+                                         or not self.store.holds(stream.journal)):
+                self._drop(stream)
+
     async def purge(self, now: float | None = None) -> list[str]:
         """Retention: delete finalized streams that ended `retention_days` ago or more."""
         days = self.config.retention_days
         if days <= 0:
             return []
         cutoff = (self.wall() if now is None else now) - days * DAY
+        if self.store.shared:
+            return await self._purge_shared(cutoff)
         deleted: list[str] = []
         for stream in list(self.streams.values()):
             meta = stream.meta
@@ -360,6 +442,41 @@ class Registry:
             log.info("retention: deleted stream %s (ended %s)", stream.stream_id, meta.ended,
                      extra={"ctx": {"stream_id": stream.stream_id}})
             deleted.append(stream.stream_id)
+        return deleted
+
+    async def _purge_shared(self, cutoff: float) -> list[str]:
+        """Retention on a shared store: every node may delete an old finalized stream (the
+        deletion is idempotent: purge the subject, then the keys), at most once a minute
+        per node, since it lists the whole KV bucket."""
+        clock = self.clock()
+        if clock < self._next_shared_purge:
+            return []
+        self._next_shared_purge = clock + SHARED_PURGE_INTERVAL
+        try:
+            listed = await self._run(self._shared.list_streams)
+        except OSError as e:
+            log.error("retention: cannot list the streams: %s", e)
+            return []
+        deleted: list[str] = []
+        for meta, _ in listed:
+            if meta.state is not StreamState.FINALIZED or meta.ended is None \
+                    or parse_utc(meta.ended) > cutoff:
+                continue
+            stream = self.streams.get(meta.stream_id)
+            if stream is not None:
+                if stream.owner is not None:
+                    continue
+                self._drop(stream)
+            try:
+                await self._run(self.store.delete, meta.stream_id)
+            except OSError as e:
+                self.metrics.storage_errors["delete"] += 1
+                log.error("retention: cannot delete stream %s: %s", meta.stream_id, e)
+                continue
+            self.metrics.streams_deleted += 1
+            log.info("retention: deleted stream %s (ended %s)", meta.stream_id, meta.ended,
+                     extra={"ctx": {"stream_id": meta.stream_id}})
+            deleted.append(meta.stream_id)
         return deleted
 
     async def _finalize_locked(self, stream: Stream, reason: EndReason) -> None:

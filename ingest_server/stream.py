@@ -25,6 +25,7 @@ from .storage.interface import (
     Committer,
     Gap,
     Position,
+    StreamFenced,
     StreamMeta,
     StreamState,
     StreamWriter,
@@ -150,6 +151,9 @@ class Stream:
         return True
 
     def _sync_failed(self, journal: StreamWriter, error: OSError) -> None:
+        if isinstance(error, StreamFenced):  # another node owns the stream now: no fault
+            journal.rollback(self.durable)
+            return
         self._metrics.storage_errors["fsync"] += 1
         # No await between here and the caller's reaction (the owner closes with 1013), so
         # nothing is appended on top of the cut: the client replays from `durable`.

@@ -17,6 +17,11 @@ core.py and connection.py do not change.
     StreamStorage.open_reader(meta, sample)   read durable audio from a sample on, gaps as
                                               gaps (live listeners, storage/reader.py)
     StreamStorage.finalize / delete           §6 end, expiry; retention
+    StreamStorage.shared / lookup / holds     several servers share the storage (JetStream,
+                                              docs/scale-out-design.md): a stream is looked
+                                              up in the store, not only in memory, and a
+                                              writer can lose its stream to another node
+    SharedStorage.take                        make this node the stream's writer (fencing)
 
 Data types (`Position`, `Gap`, `StreamMeta`, `StreamState`, `EndReason`) are shared by
 every backend; they are defined next to the local implementation and re-exported here.
@@ -31,6 +36,12 @@ from typing import Any, Protocol
 from .journal import Gap, Position
 from .reader import AudioPiece, DurableReader, GapPiece, Piece
 from .store import EndReason, StreamMeta, StreamState
+
+
+class StreamFenced(OSError):
+    """Another node took the stream over (a shared store, docs/scale-out-design.md): this
+    writer may never write again. The connection closes with 4411 (§7 SUPERSEDED: a newer
+    connection took the stream over), never 1013: retrying here cannot help."""
 
 
 class StreamWriter(Protocol):
@@ -67,7 +78,10 @@ class Committer(Protocol):
 
 
 class DurableAudio(Protocol):
-    """A range of durable audio as WAV bytes, read lazily; close() frees it."""
+    """A range of durable audio as WAV bytes, read lazily; close() frees it. `size`: the
+    WAV's byte size, known before reading (the header is written first, never patched)."""
+
+    size: int
 
     def __iter__(self) -> Iterator[bytes]: ...
 
@@ -92,7 +106,42 @@ class StreamStorage(Protocol):
 
     def open_reader(self, meta: StreamMeta, start_sample: int) -> DurableReader: ...
 
+    # False for the local journal: this process is the only writer and holds every stream
+    # in memory. True when other servers write the same storage (JetStream).
+    shared: bool
+
+    def lookup(self, stream_id: str) -> StreamMeta | None:
+        """The stored metadata of a stream, or None (no such stream)."""
+        ...
+
+    def holds(self, writer: Any) -> bool:
+        """Whether `writer` may still append (False once another node took its stream)."""
+        ...
+
+
+class SharedStorage(StreamStorage, Protocol):
+    """A store several ingest servers share (storage/jetstream). Streams are not recovered
+    at start-up; a node `take`s one when its capture resumes there."""
+
+    @property
+    def committer(self) -> Committer: ...
+
+    def healthy(self) -> bool:
+        """Connected to the storage service right now (readiness)."""
+        ...
+
+    def take(self, meta: StreamMeta, *, reopen: bool = False) -> tuple[StreamMeta, Any]:
+        """Become the stream's only writer; returns the stored meta and a writer at the
+        durable tail. FileNotFoundError: the stream is gone; OSError: retry later."""
+        ...
+
+    def durable_position(self, meta: StreamMeta) -> Position: ...
+
+    def list_streams(self) -> list[tuple[StreamMeta, Position]]: ...
+
+    def close(self) -> None: ...
+
 
 __all__ = ["AudioPiece", "Committer", "DurableAudio", "DurableReader", "EndReason", "Gap",
-           "GapPiece", "Piece", "Position", "StreamMeta", "StreamState", "StreamStorage",
-           "StreamWriter"]
+           "GapPiece", "Piece", "Position", "SharedStorage", "StreamFenced", "StreamMeta",
+           "StreamState", "StreamStorage", "StreamWriter"]

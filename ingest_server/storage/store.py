@@ -151,6 +151,8 @@ def is_reopenable(meta: StreamMeta) -> bool:
 
 
 class Store:
+    shared = False  # one server per data dir (storage/lock.py): every stream is in memory
+
     def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
         self.root = Path(data_dir)
         self.streams_dir = self.root / "streams"
@@ -280,6 +282,17 @@ class Store:
             return WavReader(self.wav_path(meta.stream_id), meta.format, meta.gaps,
                              meta.next_sample, start_sample)
         return JournalReader(self.journal_path(meta.stream_id), meta.format, start_sample)
+
+    def lookup(self, stream_id: str) -> StreamMeta | None:
+        """meta.json of a stream, or None (no such stream, or not yet created)."""
+        try:
+            return StreamMeta.from_json(json.loads((self.stream_dir(stream_id) / META)
+                                                   .read_text()))
+        except FileNotFoundError:
+            return None
+
+    def holds(self, writer: Journal) -> bool:
+        return not writer.broken  # nobody else writes a local journal
 
     def recover(self) -> list[tuple[StreamMeta, Journal | None]]:
         """Every stream on disk; open ones come with their recovered journal."""

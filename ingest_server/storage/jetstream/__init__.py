@@ -1,0 +1,16 @@
+"""NATS JetStream storage backend (`--store nats://...`, docs/scale-out-design.md).
+
+    link.py     the NATS connection on its own loop and thread; lazy import of nats-py
+    records.py  message layout: batches of journal records, position headers, markers
+    writer.py   StreamWriter (buffer) and Committer (publish, PubAck = durable, fencing)
+    lease.py    owner leases in KV (revision CAS)
+    store.py    StreamStorage: create / take / reopen / finalize / delete, lookups for REST
+    reader.py   durable audio from a subject: WAV and listener reads
+"""
+
+from ..interface import StreamFenced
+from .store import AUDIO_STREAM, META_BUCKET, JetStreamStore, open_jetstream, subject_of
+from .writer import JetStreamCommitter, JetStreamWriter
+
+__all__ = ["AUDIO_STREAM", "META_BUCKET", "JetStreamCommitter", "JetStreamStore",
+           "JetStreamWriter", "StreamFenced", "open_jetstream", "subject_of"]

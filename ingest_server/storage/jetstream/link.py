@@ -1,0 +1,132 @@
+"""The NATS connection, on its own event loop in its own thread.
+
+The storage contract (storage/interface.py) is blocking: the registry calls it from IO
+threads, but REST handlers and live listeners also call `open_wav` / `open_reader` / `read`
+on the server's event loop. nats-py is asyncio. Running the client on a private loop makes
+every blocking call safe from any thread (a call from the server's loop waits one round
+trip; it can never deadlock on itself), and the commit path crosses threads only twice per
+batch: `submit` hands the publish over, the PubAck resolves an asyncio future back on the
+server's loop (`asyncio.wrap_future`).
+
+nats-py is imported here, lazily (the `cluster` extra): the base install never loads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 10.0
+CALL_TIMEOUT = 15.0  # every NATS request has its own shorter timeout; this is the backstop
+INSTALL_HINT = "pip install echopanel-uplink[cluster]"
+
+
+class NatsMissing(RuntimeError):
+    """nats-py is not installed."""
+
+
+def import_nats() -> Any:
+    try:
+        import nats  # noqa: PLC0415 - optional dependency, loaded only for --store nats://
+    except ImportError as e:
+        raise NatsMissing(f"--store nats:// needs the NATS client: {INSTALL_HINT}") from e
+    return nats
+
+
+def server_urls(store: str) -> list[str]:
+    """`nats://H:P,H:P` (or `tls://...`) as the client's server list."""
+    scheme, rest = store.split("://", 1)
+    return [f"{scheme}://{hostport.strip()}" for hostport in rest.split(",") if hostport.strip()]
+
+
+class NatsLink:
+    """One NATS connection (reconnecting across the cluster's nodes) on a private loop."""
+
+    def __init__(self, store: str, *, token: str = "", creds: str = "",
+                 name: str = "echopanel-ingest",
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self._nats = import_nats()
+        import nats.js.errors  # noqa: PLC0415
+
+        self.errors: Any = nats.js.errors
+        self.servers = server_urls(store)
+        self._token = token
+        self._creds = creds
+        self._name = name
+        self.connect_timeout = connect_timeout  # NATS may still be starting: keep trying
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="ingest-nats", daemon=True)
+        self._thread.start()
+        self.nc: Any = None
+        self.js: Any = None
+        self._closing = False
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def connect(self) -> None:
+        self.call(self._connect(), self.connect_timeout + 5)
+
+    async def _connect(self) -> None:
+        options: dict[str, Any] = {
+            "servers": self.servers, "name": self._name,
+            "connect_timeout": min(2.0, self.connect_timeout), "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.25, "allow_reconnect": True,
+            "error_cb": self._on_error, "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        if self._token:
+            options["token"] = self._token
+        if self._creds:
+            options["user_credentials"] = self._creds
+        try:
+            self.nc = await asyncio.wait_for(self._nats.connect(**options),
+                                           self.connect_timeout)
+        except Exception as e:  # never echo the options: they hold the token
+            raise OSError(f"cannot connect to NATS at {', '.join(self.servers)}: "
+                          f"{type(e).__name__}") from None
+        self.js = self.nc.jetstream()
+
+    async def _on_error(self, e: Exception) -> None:
+        log.warning("NATS: %s", type(e).__name__)
+
+    async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
+        log.warning("NATS: disconnected; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        url = getattr(self.nc, "connected_url", None)
+        log.info("NATS: reconnected to %s:%s", getattr(url, "hostname", "?"),
+                 getattr(url, "port", "?"))
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT) -> T:
+        """Run `coro` on the NATS loop and wait for it (from any thread but that loop's)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise OSError("NATS request timed out") from None
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self._closing = True
+        if self.nc is not None:
+            try:
+                self.call(self.nc.close(), 5)
+            except Exception as e:  # shutting down: nothing left to protect
+                log.warning("closing the NATS connection: %s", type(e).__name__)
+            self.nc = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
