@@ -69,7 +69,7 @@ class ServerConfig:
     # a live listener whose send is blocked this long is closed with 4429 (protocol §11.5)
     listener_stall_timeout: float = 10.0
     # Connection-history entries (connected / disconnected intervals, replays) kept per
-    # stream for the web view's timeline; the oldest go first (docs/notifications.md).
+    # stream for the web view's timeline; the oldest go first (docs/ui.md).
     history_limit: int = 500
     # -- storage backend (docs/scale-out.md). Empty: the local journal under data_dir.
     store: str = ""
