@@ -55,6 +55,7 @@ TIMEOUT = httpx.Timeout(10.0, connect=5.0)  # per attempt; a slow receiver is re
 USER_AGENT = "echopanel-ingest-webhooks/1"
 SECRET_PREFIX = "whsec_"  # Standard Webhooks: the rest is the base64 key
 MIN_SUBSCRIPTION_LIMIT = 1024
+SHUTDOWN_POLL = 0.1  # seconds: between looks at the closed bus until stop() (shutdown only)
 FACTS_CACHED = 4096  # streams whose sample rate we remember (meta.json is read once each)
 
 
@@ -224,6 +225,7 @@ class WebhookDispatcher:
         self._drain_task: asyncio.Task[None] | None = None
         self._facts: dict[str, StreamFacts] = {}
         self._take_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
 
     @property
     def urls(self) -> Sequence[str]:
@@ -261,6 +263,7 @@ class WebhookDispatcher:
         Everything published before this call is on disk when it returns."""
         if self.outbox is None or self._sub is None:
             return
+        self._stopping.set()
         self._sub.end()  # the drain task takes what is queued and returns
         if self._drain_task is not None:
             await self._drain_task
@@ -314,7 +317,18 @@ class WebhookDispatcher:
                 self._sub = self.events.subscribe(None, self._subscription_limit())
                 continue
             if sub.ended:
+                await self._drain_until_stopped()
                 return
+
+    async def _drain_until_stopped(self) -> None:
+        """The bus closed (shutdown began: service.close_connections) but the registry still
+        publishes while connections end; a `finalized` among them goes to the outbox on disk
+        at once rather than at `stop()`. An ended subscription cannot be waited on, so it is
+        polled, for the few seconds a shutdown lasts."""
+        while not self._stopping.is_set():
+            await self._take_pending()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SHUTDOWN_POLL)
 
     def _subscription_limit(self) -> int:
         return max(MIN_SUBSCRIPTION_LIMIT, self.config.webhook_outbox_limit)

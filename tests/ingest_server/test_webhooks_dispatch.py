@@ -199,3 +199,24 @@ def test_a_full_outbox_drops_the_oldest_undelivered(
         await again.stop()
 
     asyncio.run(scenario())
+
+
+def test_events_after_the_bus_closed_reach_the_disk_before_stop(
+        tmp_path: Path, executor: ThreadPoolExecutor) -> None:
+    """service.stop closes the bus (close_connections) well before webhooks.stop: a stream
+    finalized in between is on disk at once (a SIGKILL then would not lose it)."""
+    async def scenario() -> None:
+        bus = EventBus()
+        d = dispatcher(tmp_path, executor, bus, Receiver(default=lambda path: 503))
+        await d.start()
+        bus.close()
+        bus.publish(StreamEvent(EventKind.FINALIZED, "late", 10, 1.0, end_reason="ended"))
+
+        async def on_disk() -> None:
+            while not any("stream.finalized" in f.read_text()
+                          for f in (tmp_path / ".webhooks").glob("*/events.jsonl")):
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(on_disk(), WAIT)
+        await d.stop()
+
+    asyncio.run(scenario())
