@@ -12,6 +12,10 @@ None can hurt ingest (docs/listeners.md "Cost"):
   the event loop and not the IO threads that run the fsyncs;
 - a listener learns that audio became durable from `Stream.durable_changed()`, a future the
   stream resolves after the sync (the flusher sends its ack before any listener runs);
+- a listener that has sent everything durable parks in its stream's fan-out (fanout.py):
+  one read and one encoded message per advance for all of them, written to their sockets
+  a batch per loop iteration; anything but plain audio to a socket that can take it (a
+  gap, a full socket, the end, a `state` event) sends it back to its own loop below;
 - a listener's memory is bounded: one piece being read (CHUNK_BYTES) plus the transport's
   write buffer (64 KiB high-water mark plus the one message that crossed it), plus its
   bookkeeping: MEMORY_BOUND below, measured by `python -m tools.bench --only listeners`;
@@ -26,7 +30,6 @@ import contextlib
 import json
 import logging
 import math
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 
@@ -36,8 +39,10 @@ from uplink.wire import CloseCode
 
 from .config import ServerConfig
 from .events import EventBus, EventKind, Subscription
+from .fanout import AUDIO_HEADER, DirectSocket, Fanout
 from .sessions import Registry
 from .storage.interface import AudioPiece, DurableReader, GapPiece, Piece, StreamStorage
+from .storage.reader import JournalReader
 from .stream import Stream
 from .wsprotocol import abort_callback
 
@@ -46,7 +51,6 @@ log = logging.getLogger(__name__)
 LISTEN_VERSION = 1
 CHUNK_BYTES = 32 * 1024  # audio per binary message, at most
 INLINE_BYTES = 64 * 1024  # a backlog up to this is read on the loop (page cache: µs)
-AUDIO_HEADER = struct.Struct("<Q")  # the first sample frame of a binary message
 READ_THREADS = 2
 CLOSE_TIMEOUT = 1.0  # a stalled listener's close frame: then the socket is dropped
 MEMORY_BOUND = CHUNK_BYTES + 64 * 1024 + CHUNK_BYTES + 16 * 1024  # piece, buffer, overshoot, rest
@@ -109,6 +113,7 @@ class Listener:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._drop_transport = abort_callback(ws.scope)
+        self._socket = DirectSocket.of(ws.scope)  # None: not our protocol, never parks
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -181,8 +186,26 @@ class Listener:
                 continue  # it moved while we read
             # everything durable was sent: wait for more (the peer leaving cancels this task)
             self.state = ListenerState.LIVE
+            await self._wait_live(sub)
+
+    async def _wait_live(self, sub: Subscription) -> None:
+        """Park in the stream's fan-out, which sends what becomes durable, until something
+        needs this loop: our own events, or anything the fan-out does not share."""
+        stream, reader, socket = self.stream, self._reader, self._socket
+        fanout = self.hub.fanouts.get(stream)
+        if (fanout is None or socket is None or not isinstance(reader, JournalReader)
+                or reader.sample != self.sample or stream.finalized):
             await asyncio.wait([stream.durable_changed(), sub.changed()],
                                return_when=asyncio.FIRST_COMPLETED)
+            return
+        seat = fanout.park(socket, reader.mark)
+        try:
+            await asyncio.wait([seat.woken, sub.changed()], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fanout.leave(seat)  # from here on only this loop sends: frames never interleave
+            if seat.mark.sample != self.sample:
+                self.sample = seat.mark.sample
+                reader.seek(seat.mark)
 
     async def _read(self) -> list[Piece]:
         stream = self.stream
@@ -293,19 +316,48 @@ class ListenerHub:
         self.stall_timeout = config.listener_stall_timeout
         self.executor = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ingest-listen")
         self.listeners: set[Listener] = set()
+        self.fanouts: dict[Stream, Fanout] = {}  # per stream with listeners
         self.background: set[asyncio.Task[None]] = set()
         self.bytes_sent = 0  # audio bytes sent to listeners
+        self.shared_messages = 0  # audio messages the fan-outs wrote (one read, one encoding)
         self.stalled = 0
 
     async def serve(self, ws: WebSocket, stream: Stream, start: int) -> None:
         listener = Listener(self, ws, stream, start)
         self.listeners.add(listener)
+        fanout = self.fanouts.get(stream)
+        if fanout is None:
+            fanout = self.fanouts[stream] = Fanout(
+                stream, lambda sample: self._open_head(stream, sample), self._count_sent,
+                CHUNK_BYTES)
+        fanout.members += 1
         try:
             await listener.run()
         finally:
             self.listeners.discard(listener)
+            fanout.members -= 1
+            if fanout.members == 0 and self.fanouts.get(stream) is fanout:
+                del self.fanouts[stream]
+                fanout.close()
+
+    def _open_head(self, stream: Stream, sample: int) -> JournalReader | None:
+        try:
+            reader = self.store.open_reader(stream.meta, sample)
+        except FileNotFoundError:
+            return None  # finalizing: the listeners see it at the next durable change
+        if isinstance(reader, JournalReader):
+            return reader
+        reader.close()
+        return None
+
+    def _count_sent(self, messages: int, audio_bytes: int) -> None:
+        self.shared_messages += messages
+        self.bytes_sent += audio_bytes
 
     async def close(self) -> None:
         await asyncio.gather(*(li.shutdown() for li in list(self.listeners)),
                              return_exceptions=True)
+        fanouts, self.fanouts = list(self.fanouts.values()), {}
+        for fanout in fanouts:
+            fanout.close()
         self.executor.shutdown(wait=True)

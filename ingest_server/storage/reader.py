@@ -48,6 +48,16 @@ class GapPiece:
 Piece = AudioPiece | GapPiece
 
 
+@dataclass(frozen=True, slots=True)
+class ReadMark:
+    """Where a `JournalReader` stands: `sample` and the byte offset of the record holding
+    it. Readers of one journal can hand it to each other (`seek`), so a listener the shared
+    live reader carried forward resumes there without rescanning the journal (fanout.py)."""
+
+    offset: int
+    sample: int
+
+
 class DurableReader(Protocol):
     """Pieces from `sample` on, in order, each starting where the previous one ended."""
 
@@ -69,6 +79,14 @@ class JournalReader:
         self._align = fmt.block_align
         self._offset = len(FILE_MAGIC)  # byte offset of the record holding `sample`
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    @property
+    def mark(self) -> ReadMark:
+        return ReadMark(self._offset, self.sample)
+
+    def seek(self, mark: ReadMark) -> None:
+        """Continue from `mark`, taken from a reader of the same journal."""
+        self._offset, self.sample = mark.offset, mark.sample
 
     def read(self, upto: Position, max_bytes: int) -> list[Piece]:
         pieces: list[Piece] = []

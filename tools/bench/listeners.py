@@ -9,6 +9,9 @@ Rows, all from one run:
 - the uplink's frame → ack p99 with 100 listeners on the stream (in a separate process, so
   their client-side work does not load the uplink's process) against the same run with none,
   runs interleaved; every one of the 100 outputs is compared with what was pushed;
+- server CPU per listener per 20 ms frame: the server process's CPU time (/proc) over the
+  run with the crowd minus over the run without, divided by listeners × frames (it includes
+  the crowd's connects and closes, a small part);
 - catch-up: one listener reads a 60 s backlog of an open stream from sample 0 (× real time);
 - server memory per idle listener: RSS growth of the server for N listeners waiting at the
   live end of an idle open stream, divided by N.
@@ -33,7 +36,7 @@ from typing import Any
 from tools.bench.common import FRAME_PERIOD, SPEECH, frame_samples, pcm, sleep_until, uplink_config
 from tools.bench.report import Row, ratio
 from tools.bench.servers import OursServer
-from tools.bench.stats import percentiles, rss_bytes, summarize
+from tools.bench.stats import cpu_seconds, percentiles, rss_bytes, summarize
 from tools.ingest_process import REPO_ROOT
 from uplink import AsyncUplink, Uplink
 from uplink.client import UplinkClient
@@ -68,9 +71,12 @@ class LiveRun:
     listen_p50_ms: float  # durable (ack) -> listener; NaN without an in-process listener
     listen_p99_ms: float
     outputs_identical: bool
+    frames: int
+    server_cpu_s: float  # the server's CPU time during the run
 
 
-async def live_once(port: int, stream_id: str, seconds: float, crowd: int) -> LiveRun:
+async def live_once(port: int, stream_id: str, seconds: float, crowd: int,
+                    server_pid: int) -> LiveRun:
     """One live stream; `crowd` listeners in a worker process (0: none) and, when there is
     no crowd, one listener here for the durable -> listener latency."""
     fmt = SPEECH
@@ -124,7 +130,9 @@ async def live_once(port: int, stream_id: str, seconds: float, crowd: int) -> Li
     client.on_ack = on_ack
     producer = threading.Thread(target=produce, name="bench-producer", daemon=True)
     producer.start()
+    cpu0 = cpu_seconds(server_pid)
     result = await asyncio.wait_for(client.run(), seconds + 60.0)
+    server_cpu = cpu_seconds(server_pid) - cpu0
     producer.join(5.0)
     if not result.ok:
         raise RuntimeError(f"live run failed: {result.error}")
@@ -143,7 +151,7 @@ async def live_once(port: int, stream_id: str, seconds: float, crowd: int) -> Li
                  if acked_at[min(end // fs, frames) - 1] >= settled]
     a50, a99 = percentiles(ack_ms, (50, 99))
     l50, l99 = percentiles(listen_ms, (50, 99))
-    return LiveRun(crowd, a50, a99, l50, l99, identical)
+    return LiveRun(crowd, a50, a99, l50, l99, identical, frames, server_cpu)
 
 
 async def catchup_once(port: int, stream_id: str, seconds: float) -> float:
@@ -211,9 +219,10 @@ def run(settings: ListenerSettings, workdir: Path) -> tuple[dict[str, Any], list
     with OursServer(data) as server:
         for i in range(settings.repeats):
             none.append(asyncio.run(live_once(server.port, f"solo-{i}",
-                                              settings.live_seconds, 0)))
+                                              settings.live_seconds, 0, server.pid)))
             crowd.append(asyncio.run(live_once(server.port, f"crowd-{i}",
-                                               settings.live_seconds, settings.listeners)))
+                                               settings.live_seconds, settings.listeners,
+                                               server.pid)))
             catchups.append(asyncio.run(catchup_once(server.port, f"backlog-{i}",
                                                      settings.backlog_seconds)))
         per_idle = idle_memory(server, "idle", settings.idle_listeners)
@@ -224,6 +233,10 @@ def run(settings: ListenerSettings, workdir: Path) -> tuple[dict[str, Any], list
     speed = summarize([settings.backlog_seconds / s for s in catchups])
     identical = all(r.outputs_identical for r in none + crowd)
     n = settings.listeners
+    per_listener_us = summarize([(c.server_cpu_s - o.server_cpu_s) / (n * c.frames) * 1e6
+                                 for o, c in zip(none, crowd, strict=True)])
+    cpu_none = summarize([r.server_cpu_s / settings.live_seconds * 100 for r in none])
+    cpu_crowd = summarize([r.server_cpu_s / settings.live_seconds * 100 for r in crowd])
     rows = [
         Row("listeners", "p50 durable → listener (ms)", l50.fmt(2), "—", "—",
             f"≤ {TARGET_P50_MS:g} ms", l50.median <= TARGET_P50_MS),
@@ -232,6 +245,10 @@ def run(settings: ListenerSettings, workdir: Path) -> tuple[dict[str, Any], list
         Row("listeners", f"uplink frame → ack p99 (ms), {n} listeners vs none",
             a100.fmt(2), a0.fmt(2), ratio(a100.median, a0.median),
             f"≤ {TARGET_ACK_RATIO:g}×", a100.median <= TARGET_ACK_RATIO * a0.median),
+        Row("listeners", f"server CPU (% of one core), {n} listeners vs none",
+            cpu_crowd.fmt(1), cpu_none.fmt(1), "—", "—", None),
+        Row("listeners", "server CPU per listener per 20 ms frame (µs)",
+            per_listener_us.fmt(1), "—", "—", "—", None),
         Row("listeners", f"catch-up of {settings.backlog_seconds:g} s backlog (× real time)",
             speed.fmt(0), "—", "—", f"≥ {TARGET_CATCHUP:g}×", speed.median >= TARGET_CATCHUP),
         Row("listeners", "server memory per idle listener (KiB)", f"{per_idle:.1f}", "—", "—",
