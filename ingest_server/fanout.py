@@ -16,13 +16,15 @@ A seat goes back to its listener's own loop (`Seat.woken`) whenever sharing is n
 simple case, so every guarantee stays where it was (docs/protocol.md §11):
 - its socket is over the write buffer's high-water mark, closing or closed: the listener's
   own send waits, under the stall watchdog (4429), with its memory bound (listen.py);
-- the advance holds a gap record, or more than one read's budget (CHUNK_BYTES): the
+- the advance holds a gap record, or more than one read's budget (listen.CHUNK_BYTES): the
   listener reads and sends gaps as gap messages, in order, and catches up itself;
-- the stream is finalized, finalizing or deleted: the listener sends `end` or closes;
-- the seat is not at the head's position (it parked at a durable position the head has not
-  reached yet is fine: it is simply not written to until the head gets there).
+- the stream is finalized, finalizing or no longer in the registry: the listener sends
+  `end` or closes (4404);
+- the seat is neither at the head's position nor at the new durable end (a seat that parked
+  at a durable position the head has not reached yet just waits for the head).
 The listener leaves its seat itself for its own events (§11.4 `state` messages) and when it
-ends. `mark_at` gives it the reader position for the sample the fan-out carried it to.
+ends. `Seat.mark` then says where its reader continues: the sample the fan-out carried it
+to and the journal offset of the record holding it (no rescan of the journal).
 
 Acks first: the task wakes through `Stream.durable_changed()`, whose callbacks run after the
 flusher's step that sent the ack (stream.py), and it yields to the loop between batches, so
@@ -62,7 +64,9 @@ def audio_frame(piece: AudioPiece) -> bytes:
 
 class DirectSocket:
     """A listener's WebSocket as a pipe for whole frames built elsewhere. Only used while
-    the listener itself sends nothing (it is parked), so frames never interleave."""
+    the listener itself sends nothing (it is parked); the protocol's own pings and close
+    frame are whole frames too, so frames never interleave. Uncompressed frames are valid
+    even if permessage-deflate were negotiated (RFC 7692 §6: RSV1 clear)."""
 
     def __init__(self, protocol: IngestWebSocketProtocol) -> None:
         self._protocol = protocol
@@ -70,7 +74,8 @@ class DirectSocket:
     @classmethod
     def of(cls, scope: Mapping[str, Any]) -> DirectSocket | None:
         """The connection behind an ASGI WebSocket scope, when it is our own protocol
-        (wsprotocol.py; its scope extension exposes the protocol's `drop`)."""
+        (wsprotocol.py). Its scope extension exposes the protocol's bound `drop`, whose
+        `__self__` is the protocol; any other server gets None (listeners never park)."""
         drop = abort_callback(scope)
         protocol = getattr(drop, "__self__", None)
         return cls(protocol) if isinstance(protocol, IngestWebSocketProtocol) else None
@@ -103,8 +108,10 @@ class Fanout:
     """The live listeners of one open stream that have sent everything durable."""
 
     def __init__(self, stream: Stream, open_head: Callable[[int], JournalReader | None],
-                 count_sent: Callable[[int, int], None], read_bytes: int) -> None:
+                 count_sent: Callable[[int, int], None], read_bytes: int,
+                 listed: Callable[[], bool] = lambda: True) -> None:
         self.stream = stream
+        self._listed = listed  # the registry still has this stream (not deleted, not moved)
         self.members = 0  # listeners of the stream (parked or not): the hub closes us at 0
         self._open_head = open_head
         self._count_sent = count_sent
@@ -123,7 +130,9 @@ class Fanout:
         head = self._head
         if head is None:
             head = self._head = self._open_head(mark.sample)
-        if head is not None and head.sample != mark.sample and not self._delivering \
+            if head is not None:
+                head.seek(mark)  # at its record: a new reader would scan the whole journal
+        elif head.sample != mark.sample and not self._delivering \
                 and not any(s.mark.sample == head.sample for s in self._seats):
             head.seek(mark)  # nobody is at the head: follow the newcomer instead
         seat = Seat(socket, mark)
@@ -160,8 +169,9 @@ class Fanout:
 
     async def _advance(self, upto: Position) -> None:
         head = self._head
-        if head is None or self.stream.finalized or self.stream.journal is None:
-            self._release(list(self._seats))  # finalizing or finalized: `end` is theirs
+        stream = self.stream
+        if head is None or stream.finalized or stream.journal is None or not self._listed():
+            self._release(list(self._seats))  # `end` or 4404 is for their own loops
             self._close_head()  # a parked listener reopens it on whatever file is current
             return
         start = head.sample

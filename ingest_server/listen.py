@@ -329,7 +329,7 @@ class ListenerHub:
         if fanout is None:
             fanout = self.fanouts[stream] = Fanout(
                 stream, lambda sample: self._open_head(stream, sample), self._count_sent,
-                CHUNK_BYTES)
+                CHUNK_BYTES, lambda: self.registry.streams.get(stream.stream_id) is stream)
         fanout.members += 1
         try:
             await listener.run()

@@ -148,6 +148,8 @@ async def test_one_read_one_frame_for_every_parked_listener(tmp_path: Path) -> N
     s.sync()
     sockets = [FakeSocket() for _ in range(40)]
     seats = [s.park(sock)[0] for sock in sockets]
+    head: Any = s.fanout._head
+    assert head.mark == seats[0].mark  # the shared reader starts at the record, no rescan
     for _ in range(5):
         s.append(320)
         s.sync()
@@ -246,6 +248,22 @@ async def test_finalizing_and_a_failed_read_release_everyone(tmp_path: Path) -> 
     s.sync()
     await asyncio.wait_for(seat.woken, WAIT)
     assert seat.mark.sample == 320
+    s.fanout.close()
+
+
+@in_loop
+async def test_a_stream_gone_from_the_registry_releases_everyone(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    listed = [True]
+    s.fanout.close()
+    s.fanout = Fanout(cast(Stream, s.stream), s.open_head, lambda m, b: None, 32 * 1024,
+                      lambda: listed[0])
+    seat, _ = s.park(FakeSocket())
+    listed[0] = False  # deleted: the listener's own loop closes with 4404
+    s.append(320)
+    s.sync()
+    await asyncio.wait_for(seat.woken, WAIT)
+    assert seat.mark.sample == 0
     s.fanout.close()
 
 
