@@ -1,8 +1,8 @@
 """tools/cluster.py: NATS, ingest nodes and the balancer start, serve, lose a node and stop.
 
-What a node's death means for a stream (resume on another node) is the JetStream store's
-e2e suite; here: the pieces are wired, the balancer spreads connections and steps over a
-dead node, and `python -m tools.cluster` stops everything on SIGTERM.
+The pieces are wired, the balancer spreads connections and steps over a dead node, a
+capture through the balancer survives the SIGKILL of its node (it resumes on another one:
+the JetStream store), and `python -m tools.cluster` stops everything on SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from capture.wavfile import read_wav
+from tests.e2e.conftest import stored_equals_source
+from tests.e2e.test_capture_cli import Capture
 from tools.chaos_run import make_recording
 from tools.cluster import Cluster, commands
 from tools.ingest_process import REPO_ROOT
@@ -49,6 +52,31 @@ def test_the_balancer_spreads_streams_and_steps_over_a_dead_node(tmp_path: Path)
         # the commands to paste name the balancer first, then the rotation form
         paste = commands(cluster)
         assert cluster.balancer_url in paste[0] and ",".join(cluster.node_urls) in paste[2]
+
+
+def test_a_capture_through_the_balancer_survives_the_kill_of_its_node(tmp_path: Path) -> None:
+    clip = make_recording(tmp_path / "clip.wav", 6.0)
+    with Cluster(tmp_path / "cluster", nodes=2, nats_nodes=1,
+                 extra_args=["--lease-seconds", "2"]) as cluster:
+        cap = Capture("--server", cluster.balancer_url, "--input", str(clip), "--speed", "1",
+                      "--stream-id", "through-lb")
+        cap.wait_for(lambda r: r["type"] == "status" and r["acked_seconds"] >= 0.5,
+                     "audio acked by the first node")
+        assert cluster.balancer is not None
+        assert cluster.balancer.stats.per_backend == {f"127.0.0.1:{cluster.nodes[0].port}": 1}
+        cluster.kill_node(0)  # the node holding the capture (the balancer's first turn)
+        code, _ = cap.finish()
+        assert code == 0, (cap.records[-3:], cap.not_json)
+        states = [r for r in cap.records if r["type"] == "state"]
+        assert [r["state"] for r in states].count("connected") >= 2
+        exit_record = cap.records[-1]
+        assert exit_record["type"] == "exit" and exit_record["frames_dropped"] == 0
+        cluster.start_node(0)  # back with nothing in memory: it serves the stream anyway
+        stored = tmp_path / "stored.wav"
+        with urllib.request.urlopen(
+                f"{cluster.nodes[0].http}/v1/streams/through-lb/audio.wav", timeout=30) as r:
+            stored.write_bytes(r.read())
+    stored_equals_source(stored, clip)
 
 
 def test_the_command_stops_everything_on_sigterm(tmp_path: Path) -> None:
