@@ -118,6 +118,7 @@ class Fanout:
         self._read_bytes = read_bytes  # one read's budget, as each listener's own
         self._seats: dict[Seat, None] = {}  # insertion order: written in the order parked
         self._head: JournalReader | None = None
+        self._head_of: object = None  # the journal the head reads (a reopen replaces it)
         self._delivering = False
         self._seen = stream.durable  # now, not when the task first runs: no advance missed
         self._task = asyncio.create_task(self._run())
@@ -127,9 +128,11 @@ class Fanout:
     def park(self, socket: DirectSocket, mark: ReadMark) -> Seat:
         """A listener whose reader stands at `mark` (it read up to the durable end) waits
         here until `Seat.woken`."""
-        head = self._head
+        head = self._current_head()
         if head is None:
-            head = self._head = self._open_head(mark.sample)
+            if self.stream.journal is not None:
+                head = self._head = self._open_head(mark.sample)
+                self._head_of = self.stream.journal
             if head is not None:
                 head.seek(mark)  # at its record: a new reader would scan the whole journal
         elif head.sample != mark.sample and not self._delivering \
@@ -138,6 +141,14 @@ class Fanout:
         seat = Seat(socket, mark)
         self._seats[seat] = None
         return seat
+
+    def start_mark(self, sample: int) -> ReadMark | None:
+        """Where a new reader of this journal can start to reach `sample` (a record at or
+        before it), if the shared reader knows one; None: start from the file's start."""
+        head = self._current_head()
+        if head is None or head.sample > sample:
+            return None
+        return ReadMark(head.mark.offset, sample)
 
     def leave(self, seat: Seat) -> None:
         """The listener runs its own loop again; the fan-out no longer touches `seat`."""
@@ -168,7 +179,7 @@ class Fanout:
                 self._close_head()
 
     async def _advance(self, upto: Position) -> None:
-        head = self._head
+        head = self._current_head()
         stream = self.stream
         if head is None or stream.finalized or stream.journal is None or not self._listed():
             self._release(list(self._seats))  # `end` or 4404 is for their own loops
@@ -211,6 +222,12 @@ class Fanout:
             self._seats.pop(seat, None)
             if not seat.woken.done():
                 seat.woken.set_result(None)
+
+    def _current_head(self) -> JournalReader | None:
+        """The shared reader, if it still reads the stream's current journal."""
+        if self._head is not None and self.stream.journal is not self._head_of:
+            self._close_head()  # finalized, or reopened after it expired (a new journal)
+        return self._head
 
     def _close_head(self) -> None:
         if self._head is not None:

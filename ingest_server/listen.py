@@ -219,6 +219,12 @@ class Listener:
             except FileNotFoundError:
                 return []  # finalizing right now: the next durable change says it is done
             self._reader_finalized = finalized
+            fanout = self.hub.fanouts.get(stream)
+            start = fanout.start_mark(self.sample) if fanout is not None else None
+            if start is not None and isinstance(self._reader, JournalReader):
+                # `from=live` on a long stream: start at the shared reader's record instead
+                # of scanning every record header from the file's start, on the loop
+                self._reader.seek(start)
         upto = stream.durable
         reader = self._reader
         behind = (upto.next_sample - self.sample) * stream.meta.format.block_align

@@ -268,6 +268,34 @@ async def test_a_stream_gone_from_the_registry_releases_everyone(tmp_path: Path)
 
 
 @in_loop
+async def test_a_newcomer_starts_at_the_shared_readers_record(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    for _ in range(50):
+        s.append(320)
+    s.sync()
+    seat, reader = s.park(FakeSocket())
+    assert s.fanout.start_mark(0) is None  # before the head: from the file's start
+    start = s.fanout.start_mark(50 * 320)  # `from=live`: no scan of 50 record headers
+    assert start is not None and start == seat.mark
+    s.append(320)
+    s.sync()
+    await settle()
+    assert s.fanout.start_mark(50 * 320) is None  # the head moved on to 51 * 320
+    newcomer = JournalReader(s.path, FMT, 51 * 320)  # `from=live` now
+    mark = s.fanout.start_mark(51 * 320)
+    assert mark is not None and mark == seat.mark
+    newcomer.seek(mark)
+    s.append(320)
+    s.sync()
+    [piece] = newcomer.read(s.stream.durable, 1 << 20)
+    assert isinstance(piece, AudioPiece) and piece.data == pcm(51 * 320, 320)
+    # a reopened stream has a new journal: the old offsets mean nothing there
+    s.stream.journal = Journal.create(tmp_path / "other.bin", fsync=False)
+    assert s.fanout.start_mark(50 * 320) is None
+    s.fanout.close()
+
+
+@in_loop
 async def test_close_releases_and_stops(tmp_path: Path) -> None:
     s = Setup(tmp_path)
     seat, _ = s.park(FakeSocket())
