@@ -49,7 +49,14 @@ from capture.undelivered import (
 )
 from uplink.audio import SampleType
 from uplink.client import UplinkResult
-from uplink.config import PROFILES, UplinkConfig, build_config, flat_option_names, server_urls
+from uplink.config import (
+    PROFILES,
+    UplinkConfig,
+    build_config,
+    flat_option_names,
+    option_help,
+    server_urls,
+)
 from uplink.embed import AsyncUplink, new_stream_id
 from uplink.ring import OverflowPolicy, RingBuffer
 from uplink.spool import Recovered, Spool, SpoolError, SyncMode, SyncPolicy
@@ -171,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="PortAudio input latency: seconds, 'low' or 'high' (default %(default)s)")
     tuning = p.add_argument_group("uplink tuning (each also env ECHOPANEL_UPLINK_<NAME>)")
     for name in flat_option_names():
-        tuning.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar="VALUE")
+        tuning.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar="VALUE",
+                            help=option_help(name))
     return p
 
 

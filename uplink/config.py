@@ -97,6 +97,60 @@ _RULES: dict[str, Callable[[float], str | None]] = {
 }
 
 
+# What each flat option means and its unit, for --help (capture/cli.py); option_help adds the
+# default of every profile, read from PROFILES, so help and behaviour cannot disagree.
+_HELP: dict[str, tuple[str, str]] = {
+    "buffer_seconds": ("audio the ring holds while the link is down (uplink/ring.py)", "s"),
+    "frame_ms": ("audio per frame", "ms"),
+    "window_frames": ("frames sent but not yet acked (the server may lower it)", "frames"),
+    "max_coalesce_bytes": ("largest AUDIO message while catching up", "bytes"),
+    "connect_timeout": ("TCP + TLS + WebSocket upgrade", "s"),
+    "handshake_timeout": ("hello → welcome", "s"),
+    "ack_timeout": ("frames in flight and no ack progress this long: the link is dead", "s"),
+    "heartbeat_interval": ("ping an idle link this often", "s"),
+    "heartbeat_timeout": ("... and expect the pong within", "s"),
+    "end_timeout": ("end → ended (the server finalizes meanwhile)", "s"),
+    "backoff_base": ("first retry's ceiling (full jitter below it)", "s"),
+    "backoff_cap": ("largest retry delay", "s"),
+    "backoff_multiplier": ("the ceiling grows by this per failed attempt", "×"),
+    "backoff_jitter": ("1 = full jitter, 0 = none", ""),
+    "breaker_failures": ("failed attempts (rounds of all servers) that open the breaker",
+                         "attempts"),
+    "breaker_successes": ("healthy handshakes that close it again", "handshakes"),
+    "breaker_open_timeout": ("the breaker stays open this long before one probe", "s"),
+    "restart_grace": ("after a healthy link is lost, refusals this long count as a restart, "
+                      "not as failures (docs/resilience.md)", "s"),
+    "max_attempts": ("failed rounds before the first handshake before giving up (0: never)",
+                     "attempts"),
+    "max_outage": ("seconds an established stream may stay down before giving up "
+                   "(none: never)", "s"),
+}
+
+
+def option_default(name: str, profile: str) -> Any:
+    section, attr = _FLAT[name]
+    config = PROFILES[profile]
+    return getattr(config if section is None else getattr(config, section), attr)
+
+
+def option_help(name: str) -> str:
+    """`meaning (unit; default: live X, development Y, production Z)` for --help."""
+    meaning, unit = _HELP[name]
+
+    def show(value: Any) -> str:
+        if value is None:
+            return "none"
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        return f"{text} {unit}".rstrip() if unit and unit != "×" else text + unit
+
+    defaults = {p: show(option_default(name, p)) for p in PROFILES}
+    if len(set(defaults.values())) == 1:
+        default = next(iter(defaults.values()))
+    else:
+        default = ", ".join(f"{p} {v}" for p, v in defaults.items())
+    return f"{meaning} (default: {default})".replace("%", "%%")
+
+
 def check_config(config: UplinkConfig) -> None:
     """Raise ValueError naming the first field that breaks its rule (`_RULES`)."""
     for name, (section, attr) in _FLAT.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -259,11 +260,19 @@ async def follow_new(server: Servers, directory: Path, *, token: str | None,
         await asyncio.gather(*running.values(), return_exceptions=True)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("echopanel-uplink")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="echopanel-listen",
         description="Write a stream to a file or stdout while it is captured, exactly once: "
         "reconnects and resumes by sample position; gaps are written as silence.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--server", action="append", default=None, metavar="URL[,URL...]",
                    help="the ingest server; several (comma-separated or repeated) are nodes "
                    "of one service: the listener keeps the one that works and resumes on the "

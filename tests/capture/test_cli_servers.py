@@ -61,3 +61,28 @@ def test_a_bad_list_is_a_usage_error_without_the_secret(
     assert exit_info.value.code == 2 and captured == []
     err = capsys.readouterr().err
     assert "hunter2" not in err and "server URL" in err
+
+
+def test_every_tuning_flag_shows_its_default_and_unit() -> None:
+    """Issue 15 item 5: --help names each tuning flag's default (per profile) and unit."""
+    from capture.cli import build_parser
+
+    actions = {a.option_strings[0]: a.help or "" for a in build_parser()._actions
+               if a.option_strings}
+    from uplink.config import flat_option_names
+
+    for name in flat_option_names():
+        text = actions["--" + name.replace("_", "-")]
+        assert "(default: " in text, name
+    assert actions["--buffer-seconds"].endswith(
+        "(default: live 120 s, development 60 s, production 300 s)")
+    assert actions["--frame-ms"].endswith("(default: 20 ms)")
+    assert actions["--max-outage"].endswith("(default: none)")
+    build_parser().format_help()  # every help string survives argparse's %-formatting
+
+
+def test_listen_has_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        listen_cli.build_parser().parse_args(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("echopanel-listen ")
