@@ -34,6 +34,7 @@ a capture's next frame is read and acked between two batches of writes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from .storage.interface import AudioPiece, Position
 from .storage.reader import JournalReader, ReadMark
 from .stream import Stream
 from .wsprotocol import IngestWebSocketProtocol, abort_callback
+
+log = logging.getLogger(__name__)
 
 BATCH = 16  # seats written per event-loop iteration: ~16 send() calls, ~0.2 ms
 AUDIO_HEADER = struct.Struct("<Q")  # §11.3: the first sample frame of a binary message
@@ -172,9 +175,12 @@ class Fanout:
                 continue
             try:
                 await self._advance(seen)
-            except OSError:
-                # The shared read failed: each listener reads for itself and reports it
-                # (listen.py closes with 1013); the next parked listener reopens the head.
+            except Exception as e:
+                # The shared read failed (OSError): each listener reads for itself and
+                # reports it (listen.py closes with 1013); the next parked listener reopens
+                # the head. Anything else is a bug, but must not leave anyone parked forever.
+                if not isinstance(e, OSError):
+                    log.exception("fan-out of %s failed", stream.stream_id)
                 self._release(list(self._seats))
                 self._close_head()
 
