@@ -12,8 +12,9 @@ kept across restarts, so clients reconnect to the same URLs), a config file and 
 JetStream directory under `base_dir`; its stderr goes to `base_dir/NAME-i.log`. `size=1`
 is a single node without a cluster block (replicas 1 only).
 
-Readiness is "JetStream answers": every node's monitoring endpoint /jsz reports a meta
-leader (a cluster) or JetStream enabled (one node). A stream created before that fails
+Readiness is "JetStream answers and is current": every node's /healthz answers 200 (its
+streams have caught up with their peers, which matters after a restart) and /jsz reports a
+meta leader (a cluster) or JetStream enabled (one node). A stream created before that fails
 with "JetStream system temporarily unavailable".
 """
 
@@ -148,6 +149,13 @@ class NatsCluster:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGCONT)
 
+    def wait_ready(self) -> None:
+        """Until every running node sees a JetStream meta leader (after a kill, the
+        survivors may be electing one: stream and KV requests time out meanwhile)."""
+        for i in range(self.size):
+            if self.running(i):
+                self._wait_ready(i)
+
     def running(self, i: int) -> bool:
         proc = self.nodes[i].proc
         return proc is not None and proc.poll() is None
@@ -207,7 +215,18 @@ class NatsCluster:
         except (OSError, urllib.error.URLError, ValueError):
             return None
 
+    def _healthy(self, i: int) -> bool:
+        """/healthz answers 200 once this node's JetStream assets (meta, streams, KV) are
+        current: a restarted node has caught up with its peers."""
+        try:
+            with urllib.request.urlopen(self.monitor_url(i) + "/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
     def _is_ready(self, i: int) -> bool:
+        if not self._healthy(i):
+            return False
         jsz = self._jsz(i)
         if jsz is None or jsz.get("disabled"):
             return False

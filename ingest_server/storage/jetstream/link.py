@@ -116,6 +116,10 @@ class NatsLink:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise OSError("NATS request timed out") from None
+        except self._nats.errors.Error as e:
+            # the storage contract speaks OSError (errors.storage_failure maps it to 1013)
+            detail = getattr(e, "description", None) or type(e).__name__
+            raise OSError(f"NATS: {detail}") from e
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

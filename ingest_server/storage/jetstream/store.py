@@ -90,7 +90,7 @@ class JetStreamStore:
             raise StorageError(str(e)) from e
         try:
             self.link.connect()
-            self.link.call(self._setup())
+            self._setup_when_ready(connect_timeout)
         except (OSError, StorageError) as e:
             self.link.close()
             raise StorageError(str(e)) from e
@@ -99,6 +99,19 @@ class JetStreamStore:
         self._renewer = self.link.spawn(self._renew_forever()) if renew else None
 
     # -- set-up and the min-replicas check (docs/scale-out-design.md "Durability") ---------
+
+    def _setup_when_ready(self, patience: float) -> None:
+        """Set up, retrying while JetStream cannot answer yet: a cluster that just started
+        or lost a node elects its meta leader first (requests time out meanwhile)."""
+        deadline = self.clock() + patience
+        while True:
+            try:
+                self.link.call(self._setup())
+                return
+            except OSError:  # timeouts, "JetStream not available": StorageError is final
+                if self.clock() >= deadline:
+                    raise
+            time.sleep(0.25)
 
     async def _setup(self) -> None:
         from nats.js.api import (  # noqa: PLC0415 - the cluster extra
@@ -115,9 +128,9 @@ class JetStreamStore:
                 name=AUDIO_STREAM, subjects=[SUBJECT_PREFIX + ">"], storage=StorageType.FILE,
                 num_replicas=self.replicas, discard=DiscardPolicy.NEW, allow_direct=True,
                 max_msgs_per_subject=-1, duplicate_window=0))
-        except errors.ServiceUnavailableError as e:
-            raise StorageError("JetStream is not available on the NATS servers "
-                               "(is it enabled, and does the cluster have a leader?)") from e
+        except (errors.ServiceUnavailableError, TimeoutError) as e:
+            raise OSError("JetStream is not available on the NATS servers "
+                          "(is it enabled, and does the cluster have a leader?)") from e
         replicas = info.config.num_replicas or 1
         if replicas < self.min_replicas:
             raise StorageError(
