@@ -107,6 +107,7 @@ class Registry:
         self.open_count = 0  # streams not finalized (the max_streams limit)
         self.shutting_down = False
         self._next_shared_purge = 0.0  # monotonic; shared stores purge once a minute
+        self._next_orphan_check = 0.0  # monotonic; and look for orphans once a minute
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -380,6 +381,7 @@ class Registry:
         expired: list[str] = []
         if self.store.shared:
             self._drop_unheld()
+            expired += await self._expire_orphans()
         for stream in list(self.streams.values()):
             if (stream.finalized or stream.owner is not None
                     or now - stream.idle_since < timeout or now < stream.expiry_retry_at):
@@ -403,6 +405,42 @@ class Registry:
             log.info("stream %s expired after %.0f s without a connection",
                      stream.stream_id, timeout, extra={"ctx": {"stream_id": stream.stream_id}})
             expired.append(stream.stream_id)
+        return expired
+
+    async def _expire_orphans(self) -> list[str]:
+        """Shared store: expire the open streams of nodes that died (no lease renewal for
+        session_timeout, nor for lease_seconds) whose capture never resumed anywhere. Any
+        node may do it: take (lease CAS + fence) then finalize, so of two nodes at once the
+        second's take or END is rejected, and a capture resuming meanwhile finds the stream
+        expired and reopens it (§2 "Expired streams"). Listed once a minute per node."""
+        clock = self.clock()
+        if clock < self._next_orphan_check:
+            return []
+        self._next_orphan_check = clock + SHARED_PURGE_INTERVAL
+        idle = max(self.config.session_timeout, self.config.lease_seconds)
+        try:
+            orphans = await self._run(self._shared.orphans, self.wall(), idle)
+        except OSError as e:
+            log.error("cannot list orphaned streams: %s", e)
+            return []
+        expired: list[str] = []
+        for meta in orphans:
+            if meta.stream_id in self.streams:
+                continue  # a resume here is under way
+            try:
+                taken, writer = await self._run(self._shared.take, meta)
+                final = replace(taken, state=StreamState.FINALIZED,
+                                end_reason=EndReason.EXPIRED, ended=utc_now(self.wall()),
+                                next_seq=writer.next_seq, next_sample=writer.next_sample,
+                                frames=writer.frames, gaps=list(writer.gaps))
+                await self._run(self.store.finalize, final, writer)
+            except OSError as e:
+                log.warning("cannot expire orphaned stream %s: %s", meta.stream_id, e)
+                continue
+            self.metrics.streams_expired += 1
+            log.info("stream %s expired: its node stopped renewing it %.0f s ago or more",
+                     meta.stream_id, idle, extra={"ctx": {"stream_id": meta.stream_id}})
+            expired.append(meta.stream_id)
         return expired
 
     def _drop_unheld(self) -> None:

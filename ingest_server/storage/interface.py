@@ -139,6 +139,10 @@ class SharedStorage(StreamStorage, Protocol):
 
     def list_streams(self) -> list[tuple[StreamMeta, Position]]: ...
 
+    def orphans(self, now: float, idle_seconds: float) -> list[StreamMeta]:
+        """Open streams whose owner lease nobody renewed for `idle_seconds` (wall time)."""
+        ...
+
     def close(self) -> None: ...
 
 

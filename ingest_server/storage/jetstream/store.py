@@ -396,6 +396,34 @@ class JetStreamStore:
             out.append((meta, pos))
         return out
 
+    def orphans(self, now: float, idle_seconds: float) -> list[StreamMeta]:
+        """Open streams nobody has renewed a lease on for `idle_seconds` (wall clock `now`):
+        their node died and their capture did not come back anywhere. Some node expires
+        them (Registry._expire_orphans): take (fence) then finalize, as its own would."""
+        return self.link.call(self._orphans(now, idle_seconds))
+
+    async def _orphans(self, now: float, idle_seconds: float) -> list[StreamMeta]:
+        try:
+            keys = await self.kv.keys()
+        except self.errors.NoKeysError:
+            return []
+        found: list[StreamMeta] = []
+        for key in keys:
+            if not key.startswith("meta."):
+                continue
+            sid = key.removeprefix("meta.")
+            got = await self._get_meta(sid)
+            if got is None or got[0].state is not StreamState.OPEN or sid in self._held:
+                continue
+            try:
+                entry = await self.kv.get(f"lease.{sid}")
+                lease = None if entry.value is None else Lease.decode(entry.value)
+            except self.errors.KeyNotFoundError:
+                lease = None
+            if lease is None or now - lease.renewed >= idle_seconds:
+                found.append(got[0])
+        return found
+
     def lease_of(self, stream_id: str) -> Lease | None:
         try:
             entry = self.link.call(self.kv.get(f"lease.{stream_id}"))
