@@ -75,13 +75,16 @@ class _Node:
 
 class NatsCluster:
     def __init__(self, base_dir: Path, size: int = 3, name: str = "ep", *,
-                 sync_always: bool = False, ready_timeout: float = READY_TIMEOUT) -> None:
+                 sync_always: bool = False, ready_timeout: float = READY_TIMEOUT,
+                 max_payload: str = "8MB") -> None:
         if size < 1:
             raise ValueError("a cluster has at least one node")
         self.base_dir = Path(base_dir)
         self.size = size
         self.name = name
         self.sync_always = sync_always  # JetStream fsyncs each write (docs/scale-out.md)
+        # one item of up to 1 MiB (--max-message-bytes) plus headers; NATS' default is 1MB
+        self.max_payload = max_payload
         self.ready_timeout = ready_timeout
         self.binary = nats_server_binary()
         self.nodes = [
@@ -176,6 +179,7 @@ class NatsCluster:
             f'server_name: "{node.name}"',
             f"listen: 127.0.0.1:{node.client_port}",
             f"http: 127.0.0.1:{node.http_port}",
+            f"max_payload: {self.max_payload}",
             "jetstream {",
             f'  store_dir: "{node.store_dir}"',
             "  max_memory_store: 64MB",

@@ -273,3 +273,9 @@ def test_unreachable_nats_is_a_clear_start_up_error(tmp_path: Path) -> None:
     from tools.ingest_process import free_port
     with pytest.raises(StorageError, match="cannot connect to NATS"):
         make_store(f"nats://127.0.0.1:{free_port()}", "node-y", connect_timeout=1.0)
+
+
+def test_a_nats_max_payload_too_small_for_one_item_is_refused(tmp_path: Path) -> None:
+    small = NatsCluster(tmp_path / "small", size=1, name="mp", max_payload="1MB")
+    with small, pytest.raises(StorageError, match="max_payload >= "):
+        make_store(small.urls, "node-z")

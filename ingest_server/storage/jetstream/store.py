@@ -48,6 +48,7 @@ AUDIO_STREAM = "ECHOPANEL_AUDIO"
 SUBJECT_PREFIX = "echopanel.audio."
 META_BUCKET = "ECHOPANEL_STREAMS"
 REQUEST_TIMEOUT = 5.0
+PAYLOAD_SLACK = 64 * 1024  # record header, position headers, NATS framing
 
 
 def subject_of(stream_id: str) -> str:
@@ -74,7 +75,8 @@ class JetStreamStore:
                  lease_seconds: float, token: str = "", creds: str = "",
                  wall: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic, renew: bool = True,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 max_item_bytes: int = 1 << 20) -> None:
         self.node = node
         self.replicas = replicas
         self.min_replicas = min_replicas
@@ -90,6 +92,7 @@ class JetStreamStore:
             raise StorageError(str(e)) from e
         try:
             self.link.connect()
+            self._check_max_payload(max_item_bytes)
             self._setup_when_ready(connect_timeout)
         except (OSError, StorageError) as e:
             self.link.close()
@@ -99,6 +102,17 @@ class JetStreamStore:
         self._renewer = self.link.spawn(self._renew_forever()) if renew else None
 
     # -- set-up and the min-replicas check (docs/scale-out-design.md "Durability") ---------
+
+    def _check_max_payload(self, max_item_bytes: int) -> None:
+        """One item (up to --max-message-bytes) must fit in one NATS message with its
+        record header and our headers; NATS' default max_payload (1 MiB) does not."""
+        need = max_item_bytes + PAYLOAD_SLACK
+        have = int(getattr(self.link.nc, "max_payload", 0) or 0)
+        if have < need:
+            raise StorageError(
+                f"the NATS servers accept messages of at most {have} bytes; items of up to "
+                f"{max_item_bytes} bytes (--max-message-bytes) need max_payload >= {need} "
+                "in the NATS server config (docs/scale-out-design.md)")
 
     def _setup_when_ready(self, patience: float) -> None:
         """Set up, retrying while JetStream cannot answer yet: a cluster that just started
@@ -485,4 +499,4 @@ def open_jetstream(config: Any, *, wall: Callable[[], float] = time.time,
     return JetStreamStore(config.store, node=node, replicas=config.replicas,
                           min_replicas=config.min_replicas, lease_seconds=config.lease_seconds,
                           token=config.nats_token, creds=config.nats_creds, wall=wall,
-                          clock=clock)
+                          clock=clock, max_item_bytes=config.max_message_bytes)
