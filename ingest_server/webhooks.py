@@ -95,6 +95,10 @@ class StreamFacts:
     meta: StreamMeta
 
 
+def facts_of(meta: StreamMeta) -> StreamFacts:
+    return StreamFacts(meta.format.sample_rate, meta.format.channels, meta)
+
+
 def new_event_id() -> str:
     """Unique per event; fixed when the event enters the outbox, so the same on every
     attempt, to every URL, and across restarts (receivers dedupe by it)."""
@@ -204,7 +208,11 @@ class WebhookDispatcher:
                  executor: Executor, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, rng: random.Random | None = None,
                  backoff: BackoffConfig | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 describe: Callable[[str], StreamMeta | None] | None = None) -> None:
+        """`describe(stream_id)`: the stream's current meta, for the payload's format and
+        totals (the registry's, so any storage backend works); without it the local
+        store's meta.json is read in the executor."""
         self.config = config
         self.events = events
         self.outbox_dir = outbox_dir
@@ -214,6 +222,7 @@ class WebhookDispatcher:
         self.rng = rng or random.Random()
         self.backoff = backoff or BackoffConfig()
         self.transport = transport
+        self.describe = describe
         self.key = signing_key(config.webhook_secret) if config.webhook_secret else None
         self.store = Store(config.data_dir, fsync=False)  # read-only use: meta.json
         self.outbox: Outbox | None = None
@@ -349,8 +358,12 @@ class WebhookDispatcher:
                                                               WebhookType.EXPIRED,
                                                               WebhookType.OPENED)}
         if need:
-            found = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._read_facts, sorted(need))
+            if self.describe is not None:  # in memory: no IO
+                found = {sid: facts_of(meta) for sid in need
+                         if (meta := self.describe(sid)) is not None}
+            else:
+                found = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._read_facts, sorted(need))
             if len(self._facts) + len(found) > FACTS_CACHED:
                 self._facts.clear()
             self._facts.update(found)
@@ -369,7 +382,7 @@ class WebhookDispatcher:
                 log.debug("webhooks: no meta.json for %s (%s): payload without format",
                           stream_id, e)
                 continue
-            found[stream_id] = StreamFacts(meta.format.sample_rate, meta.format.channels, meta)
+            found[stream_id] = facts_of(meta)
         return found
 
     # -- outbox → receiver ---------------------------------------------------------------------

@@ -21,7 +21,9 @@ from ingest_server.backoff import BackoffConfig
 from ingest_server.config import ServerConfig
 from ingest_server.events import EventBus, EventKind, StreamEvent
 from ingest_server.storage.interface import Gap
+from ingest_server.storage.store import StreamMeta
 from ingest_server.webhooks import WebhookDispatcher
+from uplink.audio import AudioFormat, SampleType
 
 SECRET = "test-webhook-secret-0123456789"
 A = "http://receiver.test/a"
@@ -217,6 +219,34 @@ def test_events_after_the_bus_closed_reach_the_disk_before_stop(
                           for f in (tmp_path / ".webhooks").glob("*/events.jsonl")):
                 await asyncio.sleep(0.01)
         await asyncio.wait_for(on_disk(), WAIT)
+        await d.stop()
+
+    asyncio.run(scenario())
+
+
+def test_payloads_carry_the_format_and_totals_from_the_stream_meta(
+        tmp_path: Path, executor: ThreadPoolExecutor) -> None:
+    gap = Gap(1, 3, 100, 400)
+    meta = StreamMeta("s1", AudioFormat(16000, 2, SampleType.INT16), 320, 1, "c",
+                      "2026-11-30T00:00:00Z", frames=7, gaps=[gap], labels={"room": "a"})
+
+    async def scenario() -> None:
+        bus = EventBus()
+        receiver = Receiver()
+        cfg = ServerConfig(data_dir=tmp_path, webhooks=(A,), webhook_secret=SECRET)
+        d = WebhookDispatcher(cfg, bus, tmp_path / ".webhooks", executor, backoff=FAST,
+                              transport=httpx.MockTransport(receiver.handle),
+                              describe={"s1": meta}.get)
+        await d.start()
+        story(bus)
+        await receiver.until(lambda: len(receiver.received.get("/a", [])) == 4)
+        opened, resumed, gapped, finalized = receiver.received["/a"]
+        assert (opened["sample_rate"], opened["channels"], opened["labels"]) \
+            == (16000, 2, {"room": "a"})
+        assert resumed["at_seconds"] == 100 / 16000
+        assert gapped["seconds"] == 300 / 16000
+        assert (finalized["frames"], finalized["gaps"], finalized["gap_samples"],
+                finalized["gap_seconds"]) == (7, 1, 300, 300 / 16000)
         await d.stop()
 
     asyncio.run(scenario())
