@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -41,15 +42,32 @@ class ServerError(RuntimeError):
     pass
 
 
+SECRET_FLAGS = ("--token", "--webhook-secret", "--nats-token")
+URL_FLAGS = ("--webhook", "--store")  # a URL may carry a credential in its query or userinfo
+
+
+def _bare_url(url: str) -> str:
+    """scheme://host[:port]/path; userinfo and query dropped (a server list stays a list)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = ",".join(hostport.rpartition("@")[2] for hostport in parts.netloc.split(","))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def redacted_command(cmd: Sequence[str]) -> list[str]:
-    """The command line as logged: `--token T` / `--token=T` with the token hidden, so the
-    log beside the data dir holds no credential (tests grep it for every token they used)."""
+    """The command line as logged, with every credential hidden (token, webhook secret, NATS
+    token; a webhook URL's query and userinfo), so the log beside the data dir holds none
+    (tests grep it for every secret they used)."""
     out: list[str] = []
     for arg in cmd:
-        if out and out[-1] == "--token":
+        flag, eq, value = arg.partition("=")
+        if out and out[-1] in SECRET_FLAGS:
             out.append("<redacted>")
-        elif arg.startswith("--token="):
-            out.append("--token=<redacted>")
+        elif out and out[-1] in URL_FLAGS:
+            out.append(_bare_url(arg))
+        elif eq and flag in SECRET_FLAGS:
+            out.append(f"{flag}=<redacted>")
+        elif eq and flag in URL_FLAGS:
+            out.append(f"{flag}={_bare_url(value)}")
         else:
             out.append(arg)
     return out
