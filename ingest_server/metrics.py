@@ -39,6 +39,18 @@ class Gauges:
     journal_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookTotals:
+    """Summed over every webhook URL (no URL label: a URL may carry a credential)."""
+
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    dropped: int = 0
+    lost: int = 0
+    queued: int = 0
+
+
 class Metrics:
     def __init__(self) -> None:
         # -- counters (event loop thread only) --
@@ -75,6 +87,7 @@ class Metrics:
             "Journals made durable by one group commit (one syncfs, or 1 with --sync-mode fsync).",
             buckets=BATCH_BUCKETS, registry=self.registry)
         self._gauges: Callable[[], Gauges] = lambda: Gauges(0, 0, 0, 0, 0)
+        self._webhooks: Callable[[], WebhookTotals] | None = None  # None: no webhooks set
         self.registry.register(_Collector(self))
 
     def close(self, code: int | None) -> None:
@@ -84,6 +97,10 @@ class Metrics:
     def watch(self, gauges: Callable[[], Gauges]) -> None:
         """Where the gauges come from (the service's live state)."""
         self._gauges = gauges
+
+    def watch_webhooks(self, totals: Callable[[], WebhookTotals]) -> None:
+        """Where the webhook counters come from (webhooks.py's stats, read at scrape time)."""
+        self._webhooks = totals
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -154,3 +171,17 @@ class _Collector(Collector):
                      g.streams_connected)
         yield _gauge("echopanel_journal_bytes", "Bytes in the journals of open streams.",
                      g.journal_bytes)
+        if m._webhooks is not None:
+            w = m._webhooks()
+            yield _counter("echopanel_webhooks_delivered", "Webhook events a receiver "
+                           "answered with 2xx (docs/webhooks.md).", w.delivered)
+            yield _counter("echopanel_webhooks_retried", "Webhook attempts that failed and "
+                           "will be retried (5xx, 408, 429, no answer).", w.retried)
+            yield _counter("echopanel_webhooks_failed", "Webhook events given up: the "
+                           "receiver answered another 4xx.", w.failed)
+            yield _counter("echopanel_webhooks_dropped", "Webhook events dropped undelivered "
+                           "because the outbox was full.", w.dropped)
+            yield _counter("echopanel_webhooks_lost", "Times the event bus cut the webhook "
+                           "consumer off (its events were lost; should stay 0).", w.lost)
+            yield _gauge("echopanel_webhook_outbox_events", "Webhook events waiting in the "
+                         "outbox.", w.queued)
