@@ -196,8 +196,6 @@ class NatsCluster:
                 f'  name: "{self.name}"',
                 f"  listen: 127.0.0.1:{node.route_port}",
                 f"  routes: [{routes}]",
-                # clients get every URL from us; gossiped ones would add unresolvable names
-                "  no_advertise: true",
                 "}",
             ]
         return "\n".join(lines) + "\n"

@@ -108,6 +108,15 @@ class NatsLink:
         log.info("NATS: reconnected to %s:%s", getattr(url, "hostname", "?"),
                  getattr(url, "port", "?"))
 
+    async def get_msg(self, stream: str, **query: Any) -> Any:
+        """A message by sequence or subject: a direct get (any replica answers) first; while
+        the replicas' direct-get responders are not up (a new stream, an election), the
+        stream leader's API answers instead."""
+        try:
+            return await self.js.get_msg(stream, direct=True, **query)
+        except self._nats.errors.NoRespondersError:
+            return await self.js.get_msg(stream, direct=False, **query)
+
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT) -> T:
         """Run `coro` on the NATS loop and wait for it (from any thread but that loop's)."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)

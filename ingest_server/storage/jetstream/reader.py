@@ -55,8 +55,8 @@ class SubjectReader:
     async def _next_message(self) -> Any:
         errors = self._link.errors
         try:
-            return await self._link.js.get_msg(self._stream_name, seq=self._cursor,
-                                               subject=self._subject, next=True, direct=True)
+            return await self._link.get_msg(self._stream_name, seq=self._cursor,
+                                            subject=self._subject, next=True)
         except errors.NotFoundError:
             return None
 

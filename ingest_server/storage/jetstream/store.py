@@ -161,6 +161,12 @@ class JetStreamStore:
         if (kv_info.config.num_replicas or 1) < self.min_replicas:
             raise StorageError(f"JetStream KV bucket {META_BUCKET} has fewer replicas than "
                                f"--min-replicas {self.min_replicas}")
+        # A stream just created (or whose leader was lost) answers writes with "no
+        # responders" until its Raft group has a leader: wait for both, like a restart.
+        for name in (AUDIO_STREAM, f"KV_{META_BUCKET}"):
+            info = await js.stream_info(name)
+            if replicas > 1 and (info.cluster is None or not info.cluster.leader):
+                raise OSError(f"JetStream stream {name} has no leader yet")
 
     def close(self) -> None:
         if self._renewer is not None:
@@ -193,7 +199,7 @@ class JetStreamStore:
 
     async def _tail(self, subject: str) -> Tail:
         try:
-            msg = await self.link.js.get_msg(AUDIO_STREAM, subject=subject, direct=True)
+            msg = await self.link.get_msg(AUDIO_STREAM, subject=subject)
         except self.errors.NotFoundError:
             return Tail.empty()
         return tail_from(int(msg.seq), msg.headers)
@@ -235,15 +241,25 @@ class JetStreamStore:
 
     async def _create(self, meta: StreamMeta) -> JetStreamWriter:
         subject = subject_of(meta.stream_id)
+        tail = await self._tail(subject)
+        if tail.subject_seq:
+            if await self._get_meta(meta.stream_id) is not None:
+                raise FileExistsError(f"stream {meta.stream_id} exists")
+            # a deletion that purged the meta but not the subject (a bug): never serve it
+            raise OSError(f"{subject} holds messages of a deleted stream")
+        key = f"meta.{meta.stream_id}"
         try:
-            meta_rev: int = await self.kv.create(f"meta.{meta.stream_id}",
-                                                 json.dumps(meta.to_json()).encode())
+            meta_rev: int = await self.kv.create(key, json.dumps(meta.to_json()).encode())
         except self.errors.KeyWrongLastSequenceError as e:
             raise FileExistsError(f"stream {meta.stream_id} exists") from e
-        lease, lease_rev = await self._claim_lease(meta.stream_id)
-        tail = await self._tail(subject)
-        if tail.subject_seq:  # a deletion that purged the meta but not the subject (bug)
-            raise OSError(f"{subject} holds messages of a deleted stream")
+        try:
+            lease, lease_rev = await self._claim_lease(meta.stream_id)
+        except BaseException:
+            # No welcome was sent: give the id back, or the client's retry would find it
+            # taken (4409) with no credential to continue it (like the local store's rmtree).
+            with contextlib.suppress(Exception):
+                await self.kv.delete(key, last=meta_rev)
+            raise
         writer = JetStreamWriter(meta.stream_id, subject, tail.position, 0, [],
                                  lease.owner_tag, meta_rev)
         self._hold(meta, lease, lease_rev, writer)
@@ -302,7 +318,7 @@ class JetStreamStore:
         found: list[Gap] = []
         seq = tail.subject_seq
         while missing and seq:
-            msg = await self.link.js.get_msg(AUDIO_STREAM, seq=seq, direct=True)
+            msg = await self.link.get_msg(AUDIO_STREAM, seq=seq)
             at = tail_from(seq, msg.headers)
             if at.position.gap_count <= known:
                 break
