@@ -279,3 +279,28 @@ def test_a_nats_max_payload_too_small_for_one_item_is_refused(tmp_path: Path) ->
     small = NatsCluster(tmp_path / "small", size=1, name="mp", max_payload="1MB")
     with small, pytest.raises(StorageError, match="max_payload >= "):
         make_store(small.urls, "node-z")
+
+
+def test_an_end_marker_without_its_meta_update_is_finished_by_the_next_taker(
+        node_a: JetStreamStore, node_b: JetStreamStore) -> None:
+    from dataclasses import replace
+
+    from ingest_server.storage.jetstream.store import StreamFenced as _Fenced
+    meta = new_meta()
+    writer = node_a.create(meta)
+    append_frames(writer, 0, 3)
+    commit(node_a, writer)
+
+    async def crash(*args: object) -> int:  # node A dies after its END, before the meta
+        raise _Fenced("simulated crash")
+    node_a._put_meta = crash  # type: ignore[method-assign]
+    final = replace(meta, state=StreamState.FINALIZED, end_reason=EndReason.ENDED,
+                    ended="2026-01-01T00:02:00.000+00:00", next_seq=3, next_sample=3 * FRAME,
+                    frames=3)
+    with pytest.raises(OSError):
+        node_a.finalize(final, writer)
+    with pytest.raises(OSError, match="finalized meanwhile"):
+        node_b.take(meta)
+    seen = node_b.lookup(meta.stream_id)
+    assert seen is not None and seen.state is StreamState.FINALIZED
+    assert (seen.end_reason, seen.ended, seen.next_seq) == (EndReason.ENDED, final.ended, 3)

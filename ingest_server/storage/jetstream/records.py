@@ -37,6 +37,8 @@ H_GAPS = "Ep-Gaps"
 H_SIZE = "Ep-Size"
 H_PREV = "Ep-Prev"
 H_OWNER = "Ep-Owner"
+H_END_REASON = "Ep-End-Reason"  # END markers: how the stream ended, and when (ISO UTC),
+H_ENDED = "Ep-Ended"  # so a node finding an END without a finalized meta can finish it
 
 
 class MessageKind(StrEnum):

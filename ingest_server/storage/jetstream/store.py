@@ -28,11 +28,13 @@ from typing import Any
 from ..interface import StreamFenced
 from ..journal import KIND_GAP, Gap, Position
 from ..reader import DurableReader
-from ..store import StorageError, StreamMeta, StreamState, is_reopenable
+from ..store import EndReason, StorageError, StreamMeta, StreamState, is_reopenable
 from .lease import Lease, renew_interval
 from .link import CONNECT_TIMEOUT, NatsLink
 from .reader import SubjectReader, SubjectWav
 from .records import (
+    H_END_REASON,
+    H_ENDED,
     WRONG_LAST_SEQUENCE,
     MessageKind,
     Tail,
@@ -205,8 +207,10 @@ class JetStreamStore:
         return tail_from(int(msg.seq), msg.headers)
 
     async def _publish_marker(self, kind: MessageKind, subject: str, pos: Position,
-                              prev: int, owner: str) -> int:
+                              prev: int, owner: str, extra: dict[str, str] | None = None
+                              ) -> int:
         headers = position_headers(kind, pos.next_seq, pos, prev, owner)
+        headers.update(extra or {})
         try:
             ack = await self.link.js.publish(subject, b"", timeout=REQUEST_TIMEOUT,
                                              stream=AUDIO_STREAM, headers=headers)
@@ -282,7 +286,8 @@ class JetStreamStore:
         lease, lease_rev = await self._claim_lease(stream_id)
         tail = await self._tail(subject)
         if tail.kind is MessageKind.END and meta.state is StreamState.OPEN:
-            raise OSError(f"stream {stream_id} is being finalized")  # the meta lags its END
+            await self._finish_end(meta, meta_rev, tail)
+            raise OSError(f"stream {stream_id} was finalized meanwhile")
         try:
             fence_seq = await self._publish_marker(MessageKind.FENCE, subject, tail.position,
                                                    tail.subject_seq, lease.owner_tag)
@@ -329,6 +334,23 @@ class JetStreamStore:
             raise OSError(f"stream {meta.stream_id}: {missing} gaps not found on the subject")
         return list(meta.gaps) + found[len(found) - missing:]
 
+    async def _finish_end(self, meta: StreamMeta, meta_rev: int, tail: Tail) -> None:
+        """An END marker with an open meta: its node finalized the subject and died (or is
+        about to write the meta). Finish from what the marker records; the client's retry
+        then finds the stream finalized (and reopens it if it expired)."""
+        msg = await self.link.get_msg(AUDIO_STREAM, seq=tail.subject_seq)
+        headers = msg.headers or {}
+        pos = tail.position
+        final = replace(meta, state=StreamState.FINALIZED,
+                        end_reason=EndReason(headers.get(H_END_REASON, EndReason.EXPIRED)),
+                        ended=headers.get(H_ENDED) or meta.created, next_seq=pos.next_seq,
+                        next_sample=pos.next_sample, frames=pos.frames,
+                        gaps=await self._gaps(meta, tail))
+        with contextlib.suppress(StreamFenced):  # its node did it first: same content
+            await self._put_meta(final, meta_rev)
+        log.info("stream %s: finished a finalization its node did not complete",
+                 meta.stream_id, extra={"ctx": {"stream_id": meta.stream_id}})
+
     def _hold(self, meta: StreamMeta, lease: Lease, revision: int,
               writer: JetStreamWriter) -> None:
         self._held[meta.stream_id] = _Held(lease, revision, writer, meta, self.clock())
@@ -355,13 +377,15 @@ class JetStreamStore:
     async def _finalize(self, meta: StreamMeta, writer: JetStreamWriter) -> None:
         """END marker (fenced like any publish), then the meta (the commit point for REST),
         then the lease goes. A crash between END and meta: the next take sees END on an
-        open meta and refuses; `finish_end` (a later finalize) completes it."""
+        open meta and completes it from the marker (`_finish_end`)."""
         if writer.state is WriterState.FENCED:
             raise StreamFenced(f"stream {meta.stream_id} was taken over by another node")
         subject = writer.subject
         try:
-            seq = await self._publish_marker(MessageKind.END, subject, writer.position,
-                                             writer.last_subject_seq, writer.owner)
+            seq = await self._publish_marker(
+                MessageKind.END, subject, writer.position, writer.last_subject_seq,
+                writer.owner, {H_END_REASON: str(meta.end_reason or EndReason.ENDED),
+                               H_ENDED: meta.ended or ""})
         except StreamFenced:
             writer.fence()
             raise
