@@ -271,8 +271,10 @@ def test_min_replicas_refuses_a_stream_with_fewer_replicas(nats_url: str,
 
 def test_unreachable_nats_is_a_clear_start_up_error(tmp_path: Path) -> None:
     from tools.ingest_process import free_port
-    with pytest.raises(StorageError, match="cannot connect to NATS"):
-        make_store(f"nats://127.0.0.1:{free_port()}", "node-y", connect_timeout=1.0)
+    with pytest.raises(StorageError, match="cannot connect to NATS") as refused:
+        make_store(f"nats://user:s3cret@127.0.0.1:{free_port()}", "node-y", token="t0ken",
+                   connect_timeout=1.0)
+    assert "s3cret" not in str(refused.value) and "t0ken" not in str(refused.value)
 
 
 def test_a_nats_max_payload_too_small_for_one_item_is_refused(tmp_path: Path) -> None:
@@ -304,3 +306,10 @@ def test_an_end_marker_without_its_meta_update_is_finished_by_the_next_taker(
     seen = node_b.lookup(meta.stream_id)
     assert seen is not None and seen.state is StreamState.FINALIZED
     assert (seen.end_reason, seen.ended, seen.next_seq) == (EndReason.ENDED, final.ended, 3)
+
+
+def test_without_nats_py_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    monkeypatch.setitem(sys.modules, "nats", None)  # `import nats` raises ImportError
+    with pytest.raises(StorageError, match=r"pip install echopanel-uplink\[cluster\]"):
+        make_store("nats://127.0.0.1:1", "node-w")

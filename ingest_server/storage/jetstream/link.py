@@ -46,6 +46,12 @@ def server_urls(store: str) -> list[str]:
     return [f"{scheme}://{hostport.strip()}" for hostport in rest.split(",") if hostport.strip()]
 
 
+def without_userinfo(url: str) -> str:
+    """`nats://user:secret@host:port` as `nats://host:port`: URLs go into messages."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
 class NatsLink:
     """One NATS connection (reconnecting across the cluster's nodes) on a private loop."""
 
@@ -91,8 +97,8 @@ class NatsLink:
             self.nc = await asyncio.wait_for(self._nats.connect(**options),
                                            self.connect_timeout)
         except Exception as e:  # never echo the options: they hold the token
-            raise OSError(f"cannot connect to NATS at {', '.join(self.servers)}: "
-                          f"{type(e).__name__}") from None
+            where = ", ".join(without_userinfo(url) for url in self.servers)
+            raise OSError(f"cannot connect to NATS at {where}: {type(e).__name__}") from None
         self.js = self.nc.jetstream()
 
     async def _on_error(self, e: Exception) -> None:
