@@ -5,10 +5,12 @@ the WAV is a pure function of it (journal records, gaps as silence), built on de
 the local store's WAV of an open stream (storage/wav.py). Keeping an object-store copy would
 double the storage and add a second commit point at finalization (docs/scale-out-design.md).
 
-Messages are fetched one at a time with a direct get ("next message on this subject at or
-after sequence N"): a round trip per message, which bounds memory to one message (at most
-writer.MAX_MESSAGE_BYTES) per reader. Reads stop at `upto.next_seq` (the durable position
-the caller was given), whatever the subject holds past it.
+Messages are fetched with a batched direct get ("the next messages on this subject from
+sequence N", up to BATCH_MESSAGES / BATCH_BYTES, any replica answers): one round trip per
+batch, so a live-recorded stream (a message per 20 ms frame) reads at batch speed, and a
+reader holds at most one batch. Where batching is unavailable, one message per request.
+Reads stop at `upto.next_seq` (the durable position the caller was given), whatever the
+subject holds past it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from .records import Item, items
 
 _ZEROS = bytes(1 << 20)
 WAV_CHUNK = 1 << 20
+BATCH_MESSAGES = 512  # per batched direct get; memory is bounded by BATCH_BYTES
+BATCH_BYTES = 4 << 20
+
+
+def _sequence(msg: Any) -> int:
+    """The stream sequence of a message from a get (`seq`) or a batched get (header)."""
+    seq = getattr(msg, "seq", None)
+    return int(seq if seq is not None else msg.headers["Nats-Sequence"])
 
 
 class SubjectReader:
@@ -44,12 +54,18 @@ class SubjectReader:
         self._exhausted = False  # the last fetch found nothing: the next read tries again
 
     def _fetch(self) -> bool:
-        """The next message's items into the queue; False if the subject has no more."""
-        msg = self._link.call(self._next_message())
-        if msg is None:
+        """The next messages' items into the queue; False if the subject has no more."""
+        batch = self._link.call(self._link.get_batch(self._stream_name, self._subject,
+                                                     self._cursor, BATCH_MESSAGES,
+                                                     BATCH_BYTES))
+        if batch is None:  # no batching right now: one message
+            one = self._link.call(self._next_message())
+            batch = [] if one is None else [one]
+        if not batch:
             return False
-        self._cursor = int(msg.seq) + 1
-        self._items.extend(items(msg.data or b""))
+        for msg in batch:
+            self._items.extend(items(msg.data or b""))
+        self._cursor = _sequence(batch[-1]) + 1
         return True
 
     async def _next_message(self) -> Any:
