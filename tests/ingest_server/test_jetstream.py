@@ -61,8 +61,8 @@ def node_b(nats_url: str) -> Iterator[JetStreamStore]:
     store.close()
 
 
-def new_meta() -> StreamMeta:
-    return StreamMeta(f"js-{os.getpid()}-{next(_ids)}", FMT, FRAME, 1, "0" * 64,
+def new_meta(stream_id: str | None = None) -> StreamMeta:
+    return StreamMeta(stream_id or f"js-{os.getpid()}-{next(_ids)}", FMT, FRAME, 1, "0" * 64,
                       "2026-01-01T00:00:00.000+00:00")
 
 
@@ -313,3 +313,17 @@ def test_without_nats_py_the_error_names_the_extra(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "nats", None)  # `import nats` raises ImportError
     with pytest.raises(StorageError, match=r"pip install echopanel-uplink\[cluster\]"):
         make_store("nats://127.0.0.1:1", "node-w")
+
+
+def test_ids_with_dots_anywhere_but_first_are_distinct_streams(node_a: JetStreamStore) -> None:
+    written = {}
+    for sid in (f"d{os.getpid()}..x.", f"d{os.getpid()}.x", f"d{os.getpid()}"):
+        meta = new_meta(sid)
+        writer = node_a.create(meta)
+        written[sid] = append_frames(writer, 0, 2 + len(written))
+        commit(node_a, writer)
+    listed = {m.stream_id: p for m, p in node_a.list_streams()}
+    for sid, pcm in written.items():
+        meta = node_a.lookup(sid)
+        assert meta is not None and meta.stream_id == sid
+        assert wav_pcm(node_a, meta, listed[sid]) == pcm

@@ -53,8 +53,27 @@ REQUEST_TIMEOUT = 5.0
 PAYLOAD_SLACK = 64 * 1024  # record header, position headers, NATS framing
 
 
+def token_of(stream_id: str) -> str:
+    """A stream id as ONE subject token / KV key part. Ids may hold dots (`a..b.`), and a
+    dot separates tokens: empty or extra tokens would be invalid or ambiguous. `=` is
+    never in an id (uplink/wire.py STREAM_ID_PATTERN), so the mapping is one-to-one."""
+    return stream_id.replace(".", "=")
+
+
+def stream_id_of(token: str) -> str:
+    return token.replace("=", ".")
+
+
 def subject_of(stream_id: str) -> str:
-    return SUBJECT_PREFIX + stream_id
+    return SUBJECT_PREFIX + token_of(stream_id)
+
+
+def meta_key(stream_id: str) -> str:
+    return "meta." + token_of(stream_id)
+
+
+def lease_key(stream_id: str) -> str:
+    return "lease." + token_of(stream_id)
 
 
 @dataclass(slots=True)
@@ -183,7 +202,7 @@ class JetStreamStore:
 
     async def _get_meta(self, stream_id: str) -> tuple[StreamMeta, int] | None:
         try:
-            entry = await self.kv.get(f"meta.{stream_id}")
+            entry = await self.kv.get(meta_key(stream_id))
         except self.errors.KeyNotFoundError:
             return None
         if entry.value is None:
@@ -192,7 +211,7 @@ class JetStreamStore:
 
     async def _put_meta(self, meta: StreamMeta, revision: int) -> int:
         try:
-            rev: int = await self.kv.update(f"meta.{meta.stream_id}",
+            rev: int = await self.kv.update(meta_key(meta.stream_id),
                                             json.dumps(meta.to_json()).encode(), last=revision)
         except self.errors.KeyWrongLastSequenceError as e:
             raise StreamFenced(f"stream {meta.stream_id}: its metadata changed on another "
@@ -225,7 +244,7 @@ class JetStreamStore:
         """CAS the lease to this node, whoever held it: a resume that presented the
         stream's credential proves the old connection stale (§2 takeover, 4411), and the
         fence below stops the old writer. Two concurrent takers: one CAS fails (1013)."""
-        key = f"lease.{stream_id}"
+        key = lease_key(stream_id)
         lease = Lease.new(self.node, self.wall())
         try:
             try:
@@ -251,7 +270,7 @@ class JetStreamStore:
                 raise FileExistsError(f"stream {meta.stream_id} exists")
             # a deletion that purged the meta but not the subject (a bug): never serve it
             raise OSError(f"{subject} holds messages of a deleted stream")
-        key = f"meta.{meta.stream_id}"
+        key = meta_key(meta.stream_id)
         try:
             meta_rev: int = await self.kv.create(key, json.dumps(meta.to_json()).encode())
         except self.errors.KeyWrongLastSequenceError as e:
@@ -395,7 +414,7 @@ class JetStreamStore:
         held = self._held.pop(meta.stream_id, None)
         if held is not None:
             try:
-                await self.kv.delete(f"lease.{meta.stream_id}", last=held.revision)
+                await self.kv.delete(lease_key(meta.stream_id), last=held.revision)
             except self.errors.APIError as e:  # renewed or taken meanwhile: it expires
                 log.info("stream %s: lease not released: %s", meta.stream_id, e.description)
 
@@ -406,7 +425,7 @@ class JetStreamStore:
 
     async def _delete(self, stream_id: str) -> None:
         await self.link.js.purge_stream(AUDIO_STREAM, subject=subject_of(stream_id))
-        for key in (f"lease.{stream_id}", f"meta.{stream_id}"):
+        for key in (lease_key(stream_id), meta_key(stream_id)):
             with contextlib.suppress(self.errors.KeyNotFoundError):
                 await self.kv.purge(key)
         self._held.pop(stream_id, None)
@@ -436,7 +455,7 @@ class JetStreamStore:
             keys = await self.kv.keys()
         except self.errors.NoKeysError:
             return []
-        metas = await asyncio.gather(*(self._get_meta(k.removeprefix("meta."))
+        metas = await asyncio.gather(*(self._get_meta(stream_id_of(k.removeprefix("meta.")))
                                        for k in keys if k.startswith("meta.")))
         out: list[tuple[StreamMeta, Position]] = []
         for found in metas:
@@ -465,12 +484,12 @@ class JetStreamStore:
         for key in keys:
             if not key.startswith("meta."):
                 continue
-            sid = key.removeprefix("meta.")
+            sid = stream_id_of(key.removeprefix("meta."))
             got = await self._get_meta(sid)
             if got is None or got[0].state is not StreamState.OPEN or sid in self._held:
                 continue
             try:
-                entry = await self.kv.get(f"lease.{sid}")
+                entry = await self.kv.get(lease_key(sid))
                 lease = None if entry.value is None else Lease.decode(entry.value)
             except self.errors.KeyNotFoundError:
                 lease = None
@@ -480,7 +499,7 @@ class JetStreamStore:
 
     def lease_of(self, stream_id: str) -> Lease | None:
         try:
-            entry = self.link.call(self.kv.get(f"lease.{stream_id}"))
+            entry = self.link.call(self.kv.get(lease_key(stream_id)))
         except self.errors.KeyNotFoundError:
             return None
         return None if entry.value is None else Lease.decode(entry.value)
@@ -510,7 +529,7 @@ class JetStreamStore:
                 continue
             lease = held.lease.renewed_at(self.wall())
             try:
-                held.revision = await self.kv.update(f"lease.{stream_id}", lease.encode(),
+                held.revision = await self.kv.update(lease_key(stream_id), lease.encode(),
                                                      last=held.revision)
             except self.errors.KeyWrongLastSequenceError:
                 log.warning("stream %s: lease taken by another node; fencing our writer",
