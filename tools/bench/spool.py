@@ -3,11 +3,17 @@
 The client of benchmark 4 (a) (tools/bench/footprint.py: 48 kHz stereo float32 in real
 time, 20 ms producer blocks into the frame cutter and the ring, the UplinkClient streaming
 to the real server) runs twice in its own spawned process: without a spool, and with one
-(uplink/spool.py, synced every second as the microphone's default). Measured in each, after
-a warm-up:
+(uplink/spool.py, synced every second as the microphone's default, attached on the
+client's event loop as the capture does). Measured in each, after a warm-up:
 
-- CPU: user+system seconds per wall second (share of one core); the target is at most
-  0.5 percentage points more with the spool;
+- CPU: user+system seconds per wall second (share of one core; getrusage of the client
+  process); the target is at most 0.5 percentage points more with the spool. That is a
+  few tenths of a point, and a shared machine's background load drifts by as much between
+  two runs one after the other, so each round runs the two clients AT THE SAME TIME (two
+  processes, each its own stream to the same server, measuring the same wall-clock window,
+  started together through a barrier after their warm-up): whatever else the machine does
+  weighs on both. `rounds` such pairs per repeat; the result is the mean of the per-pair
+  differences, with their range;
 - the producer's "callback": how long each `write` into the cutter took (max, p99) and the
   longest interval between two writes (max), which is what a PortAudio callback would see.
 """
@@ -22,6 +28,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +52,7 @@ class SpoolSettings:
     warmup: float = 3.0
     repeats: int = 1
     sync: str = "1"  # --spool-sync: the microphone's default (every second)
-    #: also measured: the writer batching frames (Spool.batch_seconds), which trades up to
-    #: this much send latency for CPU; 0 = not measured
-    batch_seconds: float = 0.04
+    rounds: int = 3  # off/on pairs (run side by side) per repeat, `seconds` each
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,7 @@ class _TimedProducer(threading.Thread):
 
 
 async def _client(port: int, with_spool: bool, seconds: float, warmup: float,
-                  sync: str, batch: float) -> SpoolUsage:
+                  sync: str, together: Barrier) -> SpoolUsage:
     fmt = STUDIO
     config = uplink_config()
     ring = RingBuffer(fmt, frame_samples(fmt), config.buffer_seconds, OverflowPolicy.DROP_OLDEST)
@@ -102,8 +107,7 @@ async def _client(port: int, with_spool: bool, seconds: float, warmup: float,
         if with_spool:
             spool = Spool.open(Path(tmp), SyncPolicy.parse(sync))
             spool.create(stream_id, fmt, ring.frame_samples, ring.slots, "bench")
-            spool.batch_seconds = batch
-            spool.attach(ring)
+            spool.attach(ring)  # on the running loop, as AsyncUplink does
             core = client.core
             keep = spool
             client.on_state(lambda s: keep.record_credential(core.epoch or 0, core.credential)
@@ -116,6 +120,8 @@ async def _client(port: int, with_spool: bool, seconds: float, warmup: float,
         await asyncio.wait_for(connected.wait(), 15.0)
         producer.start()
         await asyncio.sleep(warmup)
+        # both clients of the pair measure the same window (module docstring)
+        await asyncio.get_running_loop().run_in_executor(None, together.wait, 60.0)
         producer.measuring = True
         usage = await _measure(seconds, 0.0)
         producer.measuring = False
@@ -135,63 +141,74 @@ async def _client(port: int, with_spool: bool, seconds: float, warmup: float,
 
 
 def probe_main(port: int, with_spool: bool, seconds: float, warmup: float, sync: str,
-               batch: float, conn: Connection) -> None:
+               together: Barrier, conn: Connection) -> None:
     try:
-        conn.send(("ok", asyncio.run(_client(port, with_spool, seconds, warmup, sync, batch))))
+        conn.send(("ok", asyncio.run(_client(port, with_spool, seconds, warmup, sync,
+                                             together))))
     except BaseException as e:
         conn.send(("error", repr(e)))
 
 
-def usage(port: int, with_spool: bool, seconds: float, warmup: float,
-          sync: str = "1", batch: float = 0.0) -> SpoolUsage:
+def usage_pair(port: int, seconds: float, warmup: float,
+               sync: str = "1") -> tuple[SpoolUsage, SpoolUsage]:
+    """(off, on): both clients run at once, each in its own spawned process."""
     ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=probe_main,
-                       args=(port, with_spool, seconds, warmup, sync, batch, child),
-                       daemon=True)
-    proc.start()
-    child.close()
+    together = ctx.Barrier(2)
+    probes = []
+    for with_spool in (False, True):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=probe_main,
+                           args=(port, with_spool, seconds, warmup, sync, together, child),
+                           daemon=True)
+        proc.start()
+        child.close()
+        probes.append((proc, parent))
+    results: list[SpoolUsage] = []
     try:
-        if not parent.poll(seconds + warmup + 60.0):
-            raise TimeoutError("spool probe did not finish")
-        try:
-            tag, value = parent.recv()
-        except EOFError:
-            raise RuntimeError(f"spool probe died (exit code {proc.exitcode})") from None
+        for proc, parent in probes:
+            if not parent.poll(seconds + warmup + 60.0):
+                raise TimeoutError("spool probe did not finish")
+            try:
+                tag, value = parent.recv()
+            except EOFError:
+                raise RuntimeError(f"spool probe died (exit code {proc.exitcode})") from None
+            if tag != "ok":
+                raise RuntimeError(f"spool probe failed: {value}")
+            assert isinstance(value, SpoolUsage)
+            results.append(value)
     finally:
-        proc.join(10.0)
-        if proc.is_alive():
-            proc.kill()
-    if tag != "ok":
-        raise RuntimeError(f"spool probe failed: {value}")
-    assert isinstance(value, SpoolUsage)
-    return value
+        for proc, _ in probes:
+            proc.join(10.0)
+            if proc.is_alive():
+                proc.kill()
+    off, on = results
+    return off, on
 
 
 def run(settings: SpoolSettings, workdir: Path) -> tuple[dict[str, Any], list[Row]]:
     off: list[SpoolUsage] = []
     on: list[SpoolUsage] = []
-    batched: list[SpoolUsage] = []
+    seconds = settings.seconds
     with OursServer(workdir / "spool-server") as server:
-        for _ in range(settings.repeats):
-            off.append(usage(server.port, False, settings.seconds, settings.warmup))
-            on.append(usage(server.port, True, settings.seconds, settings.warmup,
-                            settings.sync))
-            if settings.batch_seconds > 0:
-                batched.append(usage(server.port, True, settings.seconds, settings.warmup,
-                                     settings.sync, settings.batch_seconds))
+        for _ in range(settings.repeats * max(1, settings.rounds)):
+            pair = usage_pair(server.port, seconds, settings.warmup, settings.sync)
+            off.append(pair[0])
+            on.append(pair[1])
     remove_data(workdir / "spool-server")
     cpu_off = summarize([u.cpu_share * 100 for u in off])
     cpu_on = summarize([u.cpu_share * 100 for u in on])
-    extra = cpu_on.median - cpu_off.median
+    pair_pp = [(a.cpu_share - b.cpu_share) * 100 for a, b in zip(on, off, strict=True)]
+    extra = sum(pair_pp) / len(pair_pp)
 
     def worst(values: list[SpoolUsage], attr: str) -> str:
         return f"{max(getattr(u, attr) for u in values):.2f}"
 
+    spread = f" [{min(pair_pp):+.2f}…{max(pair_pp):+.2f}]" if len(pair_pp) > 1 else ""
     rows = [
         Row("6 spool", "client CPU, 48 kHz stereo float32 (% of one core; spool on / off; "
-            f"--spool-sync {settings.sync})",
-            cpu_on.fmt(2), cpu_off.fmt(2), f"{extra:+.2f} pp",
+            f"--spool-sync {settings.sync}; mean of {len(pair_pp)} pairs run side by side, "
+            f"{seconds:g} s each [pair range])",
+            cpu_on.fmt(2), cpu_off.fmt(2), f"{extra:+.2f} pp{spread}",
             f"≤ +{TARGET_EXTRA_CPU_PP:g} pp", extra <= TARGET_EXTRA_CPU_PP),
         Row("6 spool", "max interval between producer writes (ms; on / off, 20 ms nominal)",
             worst(on, "interval_max_ms"), worst(off, "interval_max_ms"), "—", "unaffected",
@@ -200,20 +217,9 @@ def run(settings: SpoolSettings, workdir: Path) -> tuple[dict[str, Any], list[Ro
             f"{worst(on, 'write_max_ms')} / {worst(on, 'write_p99_ms')}",
             f"{worst(off, 'write_max_ms')} / {worst(off, 'write_p99_ms')}", "—", "—", None),
     ]
-    if batched:
-        cpu_batched = summarize([u.cpu_share * 100 for u in batched])
-        extra_batched = cpu_batched.median - cpu_off.median
-        rows.append(Row(
-            "6 spool", f"… with the writer batching {settings.batch_seconds * 1000:g} ms "
-            f"(up to that much send latency; % of one core; on / off)", cpu_batched.fmt(2),
-            cpu_off.fmt(2), f"{extra_batched:+.2f} pp", f"≤ +{TARGET_EXTRA_CPU_PP:g} pp",
-            extra_batched <= TARGET_EXTRA_CPU_PP))
-        rows.append(Row("6 spool", "… its max interval between producer writes (ms)",
-                        worst(batched, "interval_max_ms"), worst(off, "interval_max_ms"), "—",
-                        "unaffected", None))
     results = {"off": [asdict(u) for u in off], "on": [asdict(u) for u in on],
-               "on_batched": [asdict(u) for u in batched],
-               "cpu_pct_off": cpu_off, "cpu_pct_on": cpu_on, "extra_cpu_pp": extra}
+               "cpu_pct_off": cpu_off, "cpu_pct_on": cpu_on, "pair_extra_pp": pair_pp,
+               "extra_cpu_pp": extra}
     with contextlib.suppress(Exception):
         results["spool_mib"] = on[0].spool_mib
     return results, rows
