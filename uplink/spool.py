@@ -14,10 +14,22 @@ so a spool that opened can never run out of space later; it is the ring's memory
 32 bytes a frame (16 kHz mono int16: 32 KB of audio a second plus 1.6 KB; 48 kHz stereo
 float32: 384 KB plus 1.6 KB).
 
-The writer thread (never the audio callback) copies each item out of the ring and writes
-it; only then does the ring let the uplink send it (``RingBuffer.enable_write_ahead``). So
-whatever the server acknowledged is also in the spool, and a restarted capture replays from
-wherever the server's welcome says (docs/protocol.md §2, §8). About once a second the header
+The writer (never the audio callback) copies each item out of the ring and writes it; only
+then does the ring let the uplink send it (``RingBuffer.enable_write_ahead``). So whatever
+the server acknowledged is also in the spool, and a restarted capture replays from wherever
+the server's welcome says (docs/protocol.md §2, §8).
+
+Who writes: a spool attached on a running event loop (the uplink's: AsyncUplink, the
+capture) writes each push on that loop, just before the uplink reads it. The loop wakes for
+every frame anyway to send it, so the spool adds the write itself (copy, CRC, one
+page-cache ``pwritev``) and not a thread wake-up per frame, which on a small VM costs about
+as much again (docs/spool.md "Cost"). The ``spool-writer`` thread stays for what may block
+or must not depend on the loop: ``fdatasync`` (`SyncPolicy`), a catch-up pass every
+``WRITER_IDLE_WAKE`` (audio reaches the disk even while the loop is busy or gone), and the
+final write on ``stop``. Without a running loop, once it is closed, or with ``--spool-sync
+always`` (the sync must precede sending and must not block the loop), the thread writes
+every push. Either way a pass writes everything pending in one ``pwritev`` — no timer, no
+batching that would delay sending. About once a second the header
 records the ring's latest ack (records below it are not needed; an older one only means a
 restart keeps and replays a little more, which the server's welcome trims). Records
 that are lost anyway (overwritten by drop-oldest, or torn or corrupt) become an explicit gap,
@@ -31,6 +43,7 @@ send the record).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -65,7 +78,7 @@ from uplink.spoolfile import (
 log = logging.getLogger("uplink.spool")
 
 LOW_DISK_BYTES = 256 * 1024 * 1024  # free space below this after opening is reported
-WRITER_IDLE_WAKE = 0.25  # s: the writer also wakes this often to record acks
+WRITER_IDLE_WAKE = 0.25  # s: the writer thread's catch-up pass (acks, audio the loop left)
 HEADER_INTERVAL = 1.0  # s: the header's ack is rewritten at most this often
 
 
@@ -143,16 +156,17 @@ class Spool:
         self._signal = threading.Lock()
         self._signal.acquire()
         self._stop = False
+        # one writer at a time (the loop or the thread); also guards _fd against close()
+        self._write_lock = threading.Lock()
         self._next_seq = 0
+        self._slots = self._slot_bytes = 0  # the meta's, for the per-frame path (attach)
+        self._unsynced = False  # written since the last fdatasync
         self._header_counter = 0
         self._header_acked: tuple[int, int] | None = None
         self._header_at = -HEADER_INTERVAL
-        #: the writer passes at most once per this many seconds (0: on every push). Each
-        #: pass costs a thread wake-up; batching N frames per pass saves CPU but delays
-        #: sending by up to this much (write-ahead: nothing is sent before it is written)
-        self.batch_seconds = 0.0
-        self._last_pass = 0.0
-        self._meta_dirty = False
+        # the uplink's event loop, if the pushes are written there (module docstring)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_write_pending = False  # set by the producer, cleared on the loop
         self._meta_lock = threading.Lock()
 
     # -- opening ---------------------------------------------------------------------------
@@ -230,7 +244,10 @@ class Spool:
 
     def attach(self, ring: RingBuffer) -> None:
         """Restore what was recovered into `ring` (a new one with the spool's slot count),
-        then spool everything pushed into it from now on."""
+        then spool everything pushed into it from now on.
+
+        Called on a running event loop (the one the uplink runs on), the pushes are written
+        on that loop; otherwise by the writer thread (module docstring)."""
         meta = self.meta
         if meta is None:
             raise SpoolError("attach() before create() or open() of a stream")
@@ -251,14 +268,36 @@ class Spool:
             self._header_acked = (self.recovered.span.acked_seq,
                                   self.recovered.span.acked_sample)
         self._next_seq = ring.tail_seq
+        self._slots, self._slot_bytes = meta.slots, RECORD_BYTES + meta.frame_bytes
         self._ring = ring
+        if self.sync.mode is not SyncMode.ALWAYS:
+            with contextlib.suppress(RuntimeError):  # no running loop: the thread writes
+                self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._writer, name="spool-writer", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
         """Something was pushed (or the ring closed): the writer has work. Any thread."""
+        loop = self._loop
+        if loop is not None:
+            if self._loop_write_pending:
+                return  # a write is already queued on the loop: it takes this push too
+            self._loop_write_pending = True
+            try:
+                loop.call_soon_threadsafe(self._write_on_loop)
+                return
+            except RuntimeError:  # the loop is closed: the thread writes from now on
+                self._loop = None
+        self._wake_thread()
+
+    def _wake_thread(self) -> None:
         with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
             self._signal.release()
+
+    def _write_on_loop(self) -> None:
+        # cleared before reading the ring's tail: a push after this queues another write
+        self._loop_write_pending = False
+        self._write_and_release(final=False)
 
     def record_credential(self, epoch: int, credential: str) -> None:
         """The server created (or confirmed) the stream: keep what resumes it. Called on the
@@ -277,36 +316,68 @@ class Spool:
                 self._fail(f"cannot write {META_NAME}: {e}")
 
     def _writer(self) -> None:
-        ring = self._ring
-        assert ring is not None and self._fd is not None
+        policy = self.sync
+        idle_wake = WRITER_IDLE_WAKE
+        if policy.mode is SyncMode.INTERVAL:
+            idle_wake = min(idle_wake, policy.interval)
         last_sync = time.monotonic()
-        dirty = False
         while True:
-            self._signal.acquire(timeout=WRITER_IDLE_WAKE)
-            if self.batch_seconds > 0 and not self._stop:
-                # trade latency for CPU: one pass (and one uplink wake-up) per batch
-                time.sleep(max(0.0, self._last_pass + self.batch_seconds - time.monotonic()))
-            self._last_pass = time.monotonic()
+            self._signal.acquire(timeout=idle_wake)
             stop = self._stop
-            try:
-                wrote = self._write_pending(ring, final=stop)
-                dirty = dirty or wrote
-                now = time.monotonic()
-                policy = self.sync
-                if dirty and (policy.mode is SyncMode.ALWAYS or (
-                        policy.mode is SyncMode.INTERVAL and now - last_sync >= policy.interval)):
-                    os.fdatasync(self._fd)
-                    self.stats.syncs += 1
-                    self.stats.last_sync = time.time()
-                    last_sync, dirty = now, False
-                ring.mark_spooled(self._next_seq)
-            except OSError as e:
-                self._fail(f"spool write failed: {e}")
+            if not self._write_and_release(final=stop):
                 return
+            now = time.monotonic()
+            if (policy.mode is SyncMode.INTERVAL and self._unsynced
+                    and now - last_sync >= policy.interval):
+                # outside the write lock: a sync can take milliseconds, the loop's writes
+                # must not wait for it. Cleared first: a write racing the sync sets it again
+                self._unsynced = False
+                last_sync = now
+                if not self._sync():
+                    return
             if stop:
                 return
 
+    def _write_and_release(self, final: bool) -> bool:
+        """Write what is pending, then let the uplink send it (write-ahead). With
+        SyncMode.ALWAYS (the thread only) it is synced first. False once the spool is off."""
+        with self._write_lock:
+            fd, ring = self._fd, self._ring
+            if fd is None or ring is None or self.error is not None:
+                return False
+            try:
+                if self._write_pending(ring, final):
+                    self._unsynced = True
+                if self.sync.mode is SyncMode.ALWAYS and self._unsynced:
+                    self._unsynced = False
+                    os.fdatasync(fd)
+                    self._count_sync()
+            except OSError as e:
+                self._fail(f"spool write failed: {e}")
+                return False
+            ring.mark_spooled(self._next_seq)
+        return True
+
+    def _sync(self) -> bool:
+        fd = self._fd
+        if fd is None:
+            return False
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            with self._write_lock:
+                self._fail(f"spool sync failed: {e}")
+            return False
+        self._count_sync()
+        return True
+
+    def _count_sync(self) -> None:
+        self.stats.syncs += 1
+        self.stats.last_sync = time.time()
+
     def _write_pending(self, ring: RingBuffer, final: bool = False) -> bool:
+        """Write the records the ring got since the last pass (and the header when due).
+        Runs once per frame: what it needs from the meta is cached by attach()."""
         fd = self._fd
         meta = self.meta
         assert fd is not None and meta is not None
@@ -316,47 +387,50 @@ class Spool:
                 meta.wall_time = ring.wall_time
                 write_meta(self.directory, meta, sync=False)
         now = time.monotonic()
-        acked = None
         if final or now - self._header_at >= HEADER_INTERVAL:
             # the ack says what a restart need not replay; a stale one is safe (recover()
             # keeps more, and the server's welcome trims it), so it is written at most once
             # a HEADER_INTERVAL: a 64-byte write per frame costs more than the frame's own
             self._header_at = now
             acked = ring.acked_point
-        if acked is not None and acked != self._header_acked:
-            self._header_counter += 1
-            offset = HEADER_OFFSETS[self._header_counter % 2]
-            os.pwrite(fd, pack_header(meta.slots, meta.frame_bytes, *acked,
-                                       self._header_counter), offset)
-            self._header_acked = acked
-            wrote = True
+            if acked != self._header_acked:
+                self._header_counter += 1
+                offset = HEADER_OFFSETS[self._header_counter % 2]
+                os.pwrite(fd, pack_header(meta.slots, meta.frame_bytes, *acked,
+                                           self._header_counter), offset)
+                self._header_acked = acked
+                wrote = True
         tail = ring.tail_seq
-        slot_bytes = RECORD_BYTES + meta.frame_bytes
+        if tail > self._next_seq:
+            self._write_records(ring, fd, tail)
+            wrote = True
+        return wrote
+
+    def _write_records(self, ring: RingBuffer, fd: int, tail: int) -> None:
+        slots, slot_bytes = self._slots, self._slot_bytes
         buffers: list[bytes] = []  # header, payload, padding ... for consecutive slots
         first_slot = next_slot = -1
         for seq in range(self._next_seq, tail):
             item = ring.copy_item(seq)
             if item is None:
                 continue  # acked or evicted before it could be written
-            slot = seq % meta.slots
+            slot = seq % slots
             if slot != next_slot or len(buffers) >= 3 * 256:
-                self._flush(fd, buffers, first_slot, slot_bytes)
+                self._flush(fd, buffers, first_slot)
                 buffers, first_slot = [], slot
-            elif buffers and (pad := slot_bytes - RECORD_BYTES - len(buffers[-1])):
+            elif pad := slot_bytes - RECORD_BYTES - len(buffers[-1]):
                 # a short record leaves room in its slot: pad so the next lands in its own
                 buffers.append(bytes(pad))
             buffers += [record_head(item), item.payload]
             next_slot = slot + 1
-        self._flush(fd, buffers, first_slot, slot_bytes)
-        if tail > self._next_seq:
-            wrote = True
-            self.stats.records_written += tail - self._next_seq
+        self._flush(fd, buffers, first_slot)
+        self.stats.records_written += tail - self._next_seq
         self._next_seq = tail
-        return wrote
 
-    def _flush(self, fd: int, buffers: list[bytes], slot: int, slot_bytes: int) -> None:
+    def _flush(self, fd: int, buffers: list[bytes], slot: int) -> None:
         if buffers:
-            self.stats.bytes_written += os.pwritev(fd, buffers, DATA_OFFSET + slot * slot_bytes)
+            self.stats.bytes_written += os.pwritev(fd, buffers,
+                                                   DATA_OFFSET + slot * self._slot_bytes)
 
     def _fail(self, message: str) -> None:
         """The spool cannot continue: stream on from memory only, say so once."""
@@ -380,9 +454,10 @@ class Spool:
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is pending and stop the writer (the files stay)."""
         thread = self._thread
+        self._loop = None  # from now on the thread takes any push (until close)
         if thread is not None:
             self._stop = True
-            self.wake()
+            self._wake_thread()
             thread.join(timeout)
             self._thread = None
 
@@ -402,9 +477,10 @@ class Spool:
 
     def close(self) -> None:
         self.stop()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._write_lock:  # a write queued on the loop finds no fd, never a reused one
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -3,9 +3,11 @@ torn and corrupt records become explicit gaps, the ring sends nothing the spool 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -252,3 +254,77 @@ def test_a_front_gap_is_sent_only_once_the_writer_passed_it() -> None:
     ring.mark_spooled(8)
     rest = ring.read(2, 10, 1 << 20)
     assert isinstance(rest, GapRun) and (rest.seq, rest.count) == (2, 1)
+
+
+def _written_by(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread doing each record write (the header's pwrite is not counted)."""
+    names: list[str] = []
+    real = os.pwritev
+
+    def pwritev(fd: int, buffers: list[bytes], offset: int) -> int:
+        names.append(threading.current_thread().name)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr("uplink.spool.os.pwritev", pwritev)
+    # the thread's catch-up pass must not race the loop in this test: only stop() wakes it
+    monkeypatch.setattr("uplink.spool.WRITER_IDLE_WAKE", 60.0)
+    return names
+
+
+@pytest.mark.parametrize(("sync", "writer"), [(SyncMode.NONE, "loop"),
+                                              (SyncMode.INTERVAL, "loop"),
+                                              (SyncMode.ALWAYS, "spool-writer")])
+def test_attached_on_a_loop_the_push_is_written_there_before_it_is_released(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: SyncMode, writer: str) -> None:
+    # docs/spool.md "How it works": on the uplink's loop, no thread wake-up per frame; a
+    # sync before sending (always) needs the thread, which may block on the disk
+    names = _written_by(monkeypatch)
+    spool = Spool.open(tmp_path, SyncPolicy(sync, 60.0))
+    ring = RingBuffer(MONO16, FS, 1.0, wall_clock=lambda: 1000.0)
+    spool.create("spool-test", MONO16, FS, ring.slots, "test")
+
+    async def stream() -> None:
+        threading.current_thread().name = "loop"
+        released = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        ring.on_data = lambda: loop.call_soon_threadsafe(released.set)
+        spool.attach(ring)
+        producer = threading.Thread(target=lambda: [ring.push(frame(i)) for i in range(3)])
+        producer.start()
+        producer.join(5.0)
+        while ring.spooled_seq != 3:
+            await asyncio.wait_for(released.wait(), 5.0)
+            released.clear()
+
+    previous = threading.current_thread().name
+    try:
+        asyncio.run(stream())
+    finally:
+        threading.current_thread().name = previous
+    assert names and set(names) == {writer}
+    run = ring.read(0, 10, 1 << 20)
+    assert isinstance(run, AudioRun) and run.payload == frame(0) + frame(1) + frame(2)
+    crash(spool)
+    spool2, _ = reopen(tmp_path)
+    assert spool2.recovered is not None
+    assert [i.payload for i in spool2.recovered.span.items] == [frame(i) for i in range(3)]
+    spool2.close()
+
+
+def test_once_the_loop_is_closed_the_thread_writes(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    names = _written_by(monkeypatch)
+    spool = Spool.open(tmp_path, SyncPolicy(SyncMode.NONE))
+    ring = RingBuffer(MONO16, FS, 1.0, wall_clock=lambda: 1000.0)
+    spool.create("spool-test", MONO16, FS, ring.slots, "test")
+
+    async def attach() -> None:
+        spool.attach(ring)
+
+    asyncio.run(attach())  # the loop it was attached on is gone now
+    released = threading.Event()
+    ring.on_data = released.set
+    ring.push(frame(0))
+    assert released.wait(5.0) and ring.spooled_seq == 1
+    assert names == ["spool-writer"]
+    crash(spool)
