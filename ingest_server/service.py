@@ -27,11 +27,12 @@ from .auth import Authenticator, Denial, Principal
 from .commit import make_committer
 from .config import ServerConfig
 from .connection import Connection
+from .errors import ClosingError
 from .history import ConnectionHistory
 from .listen import FromError, ListenerHub, parse_from
 from .metrics import Gauges, Metrics
 from .sessions import Registry
-from .storage import Store
+from .storage import Store, is_valid_stream_id
 from .storage.interface import SharedStorage, StreamStorage
 from .storage.lock import DataDirLock
 from .webhooks import WebhookDispatcher
@@ -170,6 +171,9 @@ class IngestService:
         if isinstance(result, Denial):
             await self._refuse(ws, result.status, result.reason, result.detail, result.headers)
             return
+        if self.shared is not None:  # any node serves any stream's listeners
+            await self._listen_shared(ws, stream_id)
+            return
         stream = self.registry.streams.get(stream_id)
         if stream is None:
             await deny(ws, 404, f"unknown stream {stream_id[:64]!r}")
@@ -189,6 +193,37 @@ class IngestService:
             await deny(ws, 400, str(e))
             return
         await self.listeners.serve(ws, stream, start)
+
+    async def _listen_shared(self, ws: WebSocket, stream_id: str) -> None:
+        """§11 on a shared store: the stream may be written on another node; the registry
+        follows it (Registry.follow) for as long as listeners here need it."""
+        if self.registry.shutting_down:
+            await deny(ws, 503, "server shutting down", {"Retry-After": RETRY_AFTER})
+            return
+        if len(self.listeners.listeners) >= self.config.max_connections:
+            self.metrics.rejections["max_connections"] += 1
+            await deny(ws, 503, f"server at its limit of {self.config.max_connections} "
+                       "listeners", {"Retry-After": RETRY_AFTER})
+            return
+        try:
+            stream = await self.registry.follow(stream_id) \
+                if is_valid_stream_id(stream_id) else None
+        except ClosingError:
+            await deny(ws, 503, "storage unavailable", {"Retry-After": RETRY_AFTER})
+            return
+        if stream is None:
+            await deny(ws, 404, f"unknown stream {stream_id[:64]!r}")
+            return
+        try:
+            try:
+                start = parse_from(ws.query_params.get("from"), stream.meta.format.sample_rate,
+                                   stream.durable.next_sample)
+            except FromError as e:
+                await deny(ws, 400, str(e))
+                return
+            await self.listeners.serve(ws, stream, start)
+        finally:
+            self.registry.unfollow(stream)
 
     @staticmethod
     async def _refuse(ws: WebSocket, status: int, reason: str, detail: str,

@@ -108,6 +108,8 @@ class Registry:
         self.shutting_down = False
         self._next_shared_purge = 0.0  # monotonic; shared stores purge once a minute
         self._next_orphan_check = 0.0  # monotonic; and look for orphans once a minute
+        self._refreshing: set[Stream] = set()  # followed streams whose tail is being read
+        self._refresh_again: set[Stream] = set()  # ... and written again meanwhile
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -311,6 +313,10 @@ class Registry:
         if stream is not None and stream.owner is None and (
                 meta is None or stream.journal is None or not self.store.holds(stream.journal)
                 or meta.state is not stream.meta.state):
+            if meta is not None and stream.watchers:  # listeners follow this very object
+                self._unhold(stream)
+                self._set_meta(stream, meta)
+                return
             self._drop(stream)
             stream = None
         if stream is None and meta is not None:
@@ -337,6 +343,95 @@ class Registry:
             stream.meta = meta
             stream.journal = writer
             stream.durable = writer.position
+
+    def _unhold(self, stream: Stream) -> None:
+        """This node no longer writes the stream (another node took it): listeners here
+        keep following it through the store (`follow`)."""
+        if stream.journal is not None:
+            stream.journal.close()
+            stream.journal = None
+
+    def _set_meta(self, stream: Stream, meta: StreamMeta) -> None:
+        if stream.finalized and meta.state is not StreamState.FINALIZED:
+            self.open_count += 1
+        elif not stream.finalized and meta.state is StreamState.FINALIZED:
+            self.open_count -= 1
+        stream.meta = meta
+
+    # -- following a stream written elsewhere (live listeners, shared store) ---------------
+
+    async def follow(self, sid: str) -> Stream | None:
+        """The stream a listener on this node follows, wherever it is written: this node's
+        object if it has one, else one made from the store, whose `durable` moves when the
+        stream's subject is written (a subscription as the wake-up, the tail as the truth,
+        docs/scale-out-design.md). None: no such stream. `unfollow` when done."""
+        stream = self.streams.get(sid)
+        if stream is None:
+            with storage_failure("stream lookup", stream_id=sid):
+                meta = await self._run(self.store.lookup, sid)
+            if meta is None:
+                return None
+            stream = self.streams.get(sid)  # a resume may have made it meanwhile
+            if stream is None:
+                stream = self._stream(meta, None, self.clock())
+                self.streams[sid] = stream
+                if not stream.finalized:
+                    self.open_count += 1
+                    stream.durable = (await self._run(self._shared.tail_of, meta))[0]
+        stream.watchers += 1
+        if stream.unwatch is None and not stream.finalized:
+            loop = asyncio.get_running_loop()
+            target = stream
+
+            def written() -> None:  # on the NATS thread
+                loop.call_soon_threadsafe(self._remote_written, target)
+            stream.unwatch = self._shared.watch(sid, written)
+            self._remote_written(stream)  # anything written before the subscription
+        return stream
+
+    def unfollow(self, stream: Stream) -> None:
+        stream.watchers -= 1
+        if stream.watchers == 0 and stream.unwatch is not None:
+            stream.unwatch()
+            stream.unwatch = None
+
+    def _remote_written(self, stream: Stream) -> None:
+        if stream.journal is not None:
+            return  # this node writes it: its own syncs move `durable`
+        if stream in self._refreshing:
+            self._refresh_again.add(stream)
+            return
+        self._refreshing.add(stream)
+        task = asyncio.create_task(self._refresh_remote(stream))
+        task.add_done_callback(lambda _: self._refreshing.discard(stream))
+
+    async def _refresh_remote(self, stream: Stream) -> None:
+        """Move a followed stream's `durable` to its subject's tail (never back: this
+        node's own writer moves it when it writes the stream); an END finalizes it."""
+        while True:
+            self._refresh_again.discard(stream)
+            if stream.journal is not None or stream.finalized:
+                return
+            try:
+                pos, ended = await self._run(self._shared.tail_of, stream.meta)
+                meta = await self._run(self.store.lookup, stream.stream_id) if ended else None
+            except OSError as e:
+                log.warning("stream %s: cannot read its tail: %s", stream.stream_id, e)
+                return
+            if stream.journal is not None:
+                return
+            if meta is not None and meta.state is StreamState.FINALIZED:
+                self._set_meta(stream, meta)
+                stream.durable = Position(0, meta.next_seq, meta.next_sample, meta.frames,
+                                          len(meta.gaps))
+                if stream.unwatch is not None:
+                    stream.unwatch()
+                    stream.unwatch = None
+                return
+            if pos.next_seq > stream.durable.next_seq:
+                stream.durable = pos
+            if stream not in self._refresh_again:
+                return
 
     def _drop(self, stream: Stream) -> None:
         """Forget a stream another node owns now (or that is gone): only the memory."""
@@ -449,7 +544,10 @@ class Registry:
         for stream in list(self.streams.values()):
             if stream.owner is None and (stream.journal is None
                                          or not self.store.holds(stream.journal)):
-                self._drop(stream)
+                if stream.watchers:
+                    self._unhold(stream)
+                else:
+                    self._drop(stream)
 
     async def purge(self, now: float | None = None) -> list[str]:
         """Retention: delete finalized streams that ended `retention_days` ago or more."""

@@ -54,6 +54,10 @@ class Stream:
         self.idle_since = idle_since
         self.expiry_retry_at = 0.0  # after a failed expiry (disk full): not before this
         self.duplicates = 0
+        # Shared store (JetStream): listeners on this node following a stream that may be
+        # written on another node, and how to stop watching its subject (Registry.follow).
+        self.watchers = 0
+        self.unwatch: Callable[[], None] | None = None
         self.lock = asyncio.Lock()  # state transitions: attach, end, expire, delete
         self._sync_lock = asyncio.Lock()  # one fsync at a time; finalize closes the fd under it
         self._committer = committer

@@ -30,7 +30,7 @@ every backend; they are defined next to the local implementation and re-exported
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from .journal import Gap, Position
@@ -138,6 +138,14 @@ class SharedStorage(StreamStorage, Protocol):
     def durable_position(self, meta: StreamMeta) -> Position: ...
 
     def list_streams(self) -> list[tuple[StreamMeta, Position]]: ...
+
+    def tail_of(self, meta: StreamMeta) -> tuple[Position, bool]:
+        """The durable position and whether the stream was finalized there (END)."""
+        ...
+
+    def watch(self, stream_id: str, on_message: Callable[[], None]) -> Callable[[], None]:
+        """Wake-up hints (from another thread) when the stream is written; returns stop."""
+        ...
 
     def orphans(self, now: float, idle_seconds: float) -> list[StreamMeta]:
         """Open streams whose owner lease nobody renewed for `idle_seconds` (wall time)."""

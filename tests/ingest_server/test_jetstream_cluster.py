@@ -4,6 +4,7 @@ processes, driven by the explicit protocol test client (tests/ingest_server/clie
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -162,3 +163,23 @@ def test_ingest_refuses_to_start_below_min_replicas(tmp_path: Path) -> None:
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, refused.stderr
     assert "1 replica" in lines[0] and "--min-replicas 3" in lines[0]
+
+
+def test_a_listener_on_one_node_follows_a_capture_written_through_the_other(
+        nodes: tuple[IngestServer, IngestServer], tmp_path: Path) -> None:
+    from capture.wavfile import read_wav
+    from tests.e2e.listen_support import collect, feed
+    from tools.chaos_run import make_recording
+    a, b = nodes
+    fmt, source = read_wav(make_recording(tmp_path / "source.wav", 3.0))
+
+    async def scenario() -> None:
+        listener = asyncio.create_task(collect(f"ws://127.0.0.1:{b.port}", "followed",
+                                               timeout=60))
+        summary = await feed(f"ws://127.0.0.1:{a.port}", "followed", fmt, source, speed=4.0)
+        assert summary.ok
+        got = await listener
+        assert got.end_reason == "ended" and got.gaps == []
+        assert bytes(got.audio) == source
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))

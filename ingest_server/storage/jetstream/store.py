@@ -497,6 +497,25 @@ class JetStreamStore:
                 found.append(got[0])
         return found
 
+    def tail_of(self, meta: StreamMeta) -> tuple[Position, bool]:
+        """The durable position of the subject and whether it ends with an END marker."""
+        tail = self.link.call(self._tail(subject_of(meta.stream_id)))
+        return tail.position, tail.kind is MessageKind.END
+
+    def watch(self, stream_id: str, on_message: Callable[[], None]) -> Callable[[], None]:
+        """Call `on_message` (from the NATS thread) whenever a message is published on the
+        stream's subject; returns the function that stops it. A hint only: a core
+        subscriber also sees a message JetStream then rejects (a fenced writer's), so the
+        caller reads the tail (`tail_of`) for the truth."""
+        async def deliver(_msg: Any) -> None:
+            on_message()
+
+        sub = self.link.call(self.link.nc.subscribe(subject_of(stream_id), cb=deliver))
+
+        def stop() -> None:
+            self.link.spawn(sub.unsubscribe())
+        return stop
+
     def lease_of(self, stream_id: str) -> Lease | None:
         try:
             entry = self.link.call(self.kv.get(lease_key(stream_id)))
