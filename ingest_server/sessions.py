@@ -520,8 +520,9 @@ class Registry:
             return []
         expired: list[str] = []
         for meta in orphans:
-            if meta.stream_id in self.streams:
-                continue  # a resume here is under way
+            local = self.streams.get(meta.stream_id)
+            if local is not None and (local.owner is not None or local.journal is not None):
+                continue  # a resume here is under way (a followed view does not count)
             try:
                 taken, writer = await self._run(self._shared.take, meta)
                 final = replace(taken, state=StreamState.FINALIZED,
