@@ -33,7 +33,7 @@ from .listen import FromError, ListenerHub, parse_from
 from .metrics import Gauges, Metrics
 from .sessions import Registry
 from .storage import Store, is_valid_stream_id
-from .storage.interface import SharedStorage, StreamStorage
+from .storage.interface import SharedStorage, StreamMeta, StreamStorage
 from .storage.lock import DataDirLock
 from .webhooks import WebhookDispatcher
 
@@ -102,10 +102,16 @@ class IngestService:
         # with their outbox under the data dir (it survives a restart).
         self.history = ConnectionHistory(self.registry.events, config.history_limit)
         self.webhooks = WebhookDispatcher(config, self.registry.events,
-                                          config.data_dir / WEBHOOK_OUTBOX_DIR, self.executor)
+                                          config.data_dir / WEBHOOK_OUTBOX_DIR, self.executor,
+                                          describe=self._describe)
         self.per_token: dict[str | None, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.metrics.watch(self._gauges)
+
+    def _describe(self, stream_id: str) -> StreamMeta | None:
+        """A stream's meta from memory (webhook payloads): no store read, any backend."""
+        stream = self.registry.streams.get(stream_id)
+        return None if stream is None else stream.meta
 
     async def start(self) -> None:
         """Recover every stream before the first connection is accepted."""
