@@ -35,7 +35,7 @@ from .stream import Stream
 
 T = TypeVar("T")
 
-_bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
                      description="A token configured with --token, --token-file or "
                      "ECHOPANEL_TOKEN (not needed when the server runs without tokens).")
 
@@ -56,7 +56,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 async def require_token(
     request: Request,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> None:
     """Checks the raw request (not just what HTTPBearer parsed, which is for the docs)."""
     result = _service(request).authenticate(request.headers.getlist("authorization"),

@@ -20,8 +20,9 @@ from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials
 
 from uplink.audio import AudioFormat, SampleType
 
@@ -105,7 +106,17 @@ def _sessions(request: Request) -> SessionSigner:
     return signer
 
 
-async def require_token_or_session(request: Request) -> None:
+# For the OpenAPI page only: the audio route takes the bearer header or the session cookie
+# (the checks below read the raw request, like api.require_token).
+_session_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, scheme_name="uiSession",
+                               description="The web view's session cookie (POST /v1/ui/session)")
+
+
+async def require_token_or_session(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(api.bearer)],
+    _cookie: Annotated[str | None, Security(_session_cookie)],
+) -> None:
     """The bearer header as everywhere (§10), or else a valid session cookie. A token in the
     URL is refused even with a valid cookie; refusals are counted like the REST API's."""
     service = _service(request)

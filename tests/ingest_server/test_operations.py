@@ -84,14 +84,21 @@ def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
 def test_openapi_describes_every_rest_route_with_its_auth_and_models(tmp_path: Path) -> None:
     app = create_app(ServerConfig(data_dir=tmp_path / "data", tokens=(TOKEN,)))
     spec = app.openapi()
-    routes = list(api_routes(app.routes))
+    # the web view's static files (/ui/...) hold no data and are left out of the schema
+    routes = [r for r in api_routes(app.routes) if r.include_in_schema]
     assert {r.path for r in routes} == set(spec["paths"]) == {
         "/healthz", "/readyz", "/metrics", "/v1/streams", "/v1/streams/{stream_id}",
-        "/v1/streams/{stream_id}/audio.wav", "/v1/events"}
+        "/v1/streams/{stream_id}/audio.wav", "/v1/events", "/v1/streams/{stream_id}/history",
+        "/v1/streams/{stream_id}/levels", "/v1/ui/session",
+        "/v1/ui/streams/{stream_id}/audio.wav"}
     assert spec["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer", "description": spec["components"][
             "securitySchemes"]["bearer"]["description"]}
     for path, item in spec["paths"].items():
+        if path == "/v1/ui/session":  # POST: sets the web view's cookie (docs/ui.md)
+            assert {"204", "401", "403"} <= set(item["post"]["responses"])
+            assert "security" in item["post"]
+            continue
         op = item["get"]
         ok = op["responses"]["200"]["content"]
         open_ = path in ("/healthz", "/readyz")
@@ -104,6 +111,8 @@ def test_openapi_describes_every_rest_route_with_its_auth_and_models(tmp_path: P
             assert any(t.startswith("text/plain") for t in ok)
         elif path == "/v1/events":  # discovery, Server-Sent Events (protocol §11.4)
             assert "text/event-stream" in ok
+        elif path.endswith(("/history", "/levels")):  # the web view's JSON (docs/ui.md)
+            assert "application/json" in ok, path
         else:
             assert "$ref" in ok["application/json"]["schema"], path
     assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
