@@ -30,7 +30,7 @@ from .connection import Connection
 from .errors import ClosingError
 from .history import ConnectionHistory
 from .listen import FromError, ListenerHub, parse_from
-from .metrics import Gauges, Metrics
+from .metrics import Gauges, Metrics, WebhookTotals
 from .sessions import Registry
 from .storage import Store, is_valid_stream_id
 from .storage.interface import SharedStorage, StreamMeta, StreamStorage
@@ -100,13 +100,22 @@ class IngestService:
         self.listeners = ListenerHub(self.registry, self.store, config)  # §11 live listeners
         # Both subscribe to the event bus (events.py): the web view's timeline, and webhooks
         # with their outbox under the data dir (it survives a restart).
-        self.history = ConnectionHistory(self.registry.events, config.history_limit)
+        self.history = ConnectionHistory(self.registry.events, config.history_limit,
+                                         streams=self.registry.streams)
         self.webhooks = WebhookDispatcher(config, self.registry.events,
                                           config.data_dir / WEBHOOK_OUTBOX_DIR, self.executor,
                                           describe=self._describe)
         self.per_token: dict[str | None, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.metrics.watch(self._gauges)
+        if config.webhooks:
+            self.metrics.watch_webhooks(self._webhook_totals)
+
+    def _webhook_totals(self) -> WebhookTotals:
+        stats = self.webhooks.stats()
+        return WebhookTotals(*(stats.total(name) for name in
+                               ("delivered", "retried", "failed", "dropped")),
+                             lost=stats.lost, queued=stats.total("queued"))
 
     def _describe(self, stream_id: str) -> StreamMeta | None:
         """A stream's meta from memory (webhook payloads): no store read, any backend."""

@@ -13,7 +13,7 @@ from ingest_server.storage.journal import FILE_MAGIC, RECORD_HEADER_SIZE
 from uplink.wire import encode_audio, encode_gap
 
 from .client import FRAME, Client, frames
-from .harness import WAIT, in_process, scrape, value
+from .harness import WAIT, free_port, in_process, scrape, value
 
 TOKEN = "metrics-token-0123456789"
 FRAME_BYTES = FRAME * 2
@@ -124,3 +124,30 @@ def test_every_documented_metric_is_exposed(tmp_path: Path) -> None:
                 .removesuffix("_sum").removesuffix("_created") for n in names}
     for family in families:
         assert f"`{family}" in doc, f"docs/operations.md does not document {family}"
+
+
+def test_webhook_counters_appear_with_webhooks(tmp_path: Path) -> None:
+    """With --webhook, /metrics carries the dispatcher's totals (docs/webhooks.md
+    "Monitoring"); a receiver that refuses every connection keeps the event queued."""
+    import time
+
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    refused = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens there
+    with in_process(tmp_path / "data", webhooks=(refused,)) as srv, Client(srv.url) as c:
+        c.hello("hooked")
+        c.stream(0, frames(2, seed=82))
+        deadline = time.monotonic() + WAIT
+        while True:
+            m = scrape(srv.http)
+            if value(m, "echopanel_webhooks_retried_total") >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert value(m, "echopanel_webhooks_retried_total") >= 1
+        assert value(m, "echopanel_webhook_outbox_events") == 1  # stream.opened, waiting
+        assert value(m, "echopanel_webhooks_delivered_total") == 0
+        names = {name for name, _ in m if "webhook" in name}
+        assert all(refused not in name for name in names)
+    for family in ("echopanel_webhooks_delivered", "echopanel_webhooks_retried",
+                   "echopanel_webhooks_failed", "echopanel_webhooks_dropped",
+                   "echopanel_webhooks_lost", "echopanel_webhook_outbox_events"):
+        assert f"`{family}" in doc, family
