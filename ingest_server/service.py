@@ -113,9 +113,10 @@ class IngestService:
 
     def _webhook_totals(self) -> WebhookTotals:
         stats = self.webhooks.stats()
-        return WebhookTotals(*(stats.total(name) for name in
-                               ("delivered", "retried", "failed", "dropped")),
-                             lost=stats.lost, queued=stats.total("queued"))
+        return WebhookTotals(delivered=stats.total("delivered"),
+                             retried=stats.total("retried"), failed=stats.total("failed"),
+                             dropped=stats.total("dropped"), lost=stats.lost,
+                             queued=stats.total("queued"))
 
     def _describe(self, stream_id: str) -> StreamMeta | None:
         """A stream's meta from memory (webhook payloads): no store read, any backend."""
