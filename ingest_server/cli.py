@@ -3,6 +3,7 @@
 Prints exactly one line to stdout once it accepts connections (tests and tools wait for it):
 
     echopanel-ingest listening on ws://HOST:PORT/v1/stream (data dir DIR)
+    echopanel-ingest listening on ws://HOST:PORT/v1/stream (store nats://H:P,... as NODE)
 
 Logs go to stderr (text, or JSON with --log-format json). Without tokens the server says
 loudly that anyone who can reach it may stream and read audio. SIGTERM / SIGINT: stop taking
@@ -55,7 +56,7 @@ class _Server(uvicorn.Server):
         if self.started:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             print(f"echopanel-ingest listening on ws://{host}:{port}{ENDPOINT_PATH} "
-                  f"(data dir {self._ours.data_dir})", flush=True)
+                  f"({where_stored(self._ours)})", flush=True)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -83,6 +84,15 @@ class _Server(uvicorn.Server):
             log.exception("closing connections failed")
         finally:
             self.should_exit = True  # uvicorn: stop listening, run the lifespan shutdown
+
+
+def where_stored(config: ServerConfig) -> str:
+    """`data dir DIR`, or `store nats://h:p,... as NODE` (never a URL's userinfo)."""
+    if not config.store:
+        return f"data dir {config.data_dir}"
+    scheme, _, hosts = config.store.partition("://")
+    bare = ",".join(h.rpartition("@")[2] for h in hosts.split(","))
+    return f"store {scheme}://{bare} as {config.node_name or f'{config.host}:{config.port}'}"
 
 
 def uvicorn_config(app: FastAPI, config: ServerConfig) -> uvicorn.Config:

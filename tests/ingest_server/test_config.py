@@ -190,3 +190,11 @@ def test_bad_store_and_webhook_settings(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         load_config(argv, {})
     assert "secret=abc" not in str(err.value)
+
+
+def test_listening_line_names_the_store_without_credentials() -> None:
+    from ingest_server.cli import where_stored
+
+    assert where_stored(ServerConfig(data_dir=Path("d"))) == "data dir d"
+    line = where_stored(ServerConfig(store="nats://user:pw-secret@a:4222,b:4223", node_name="n1"))
+    assert line == "store nats://a:4222,b:4223 as n1"
