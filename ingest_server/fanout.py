@@ -43,7 +43,7 @@ from typing import Any
 from .storage.interface import AudioPiece, Position
 from .storage.reader import JournalReader, ReadMark
 from .stream import Stream
-from .wsprotocol import IngestWebSocketProtocol, abort_callback
+from .wsprotocol import IngestWebSocketProtocol, connection_extension
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,10 @@ class DirectSocket:
     @classmethod
     def of(cls, scope: Mapping[str, Any]) -> DirectSocket | None:
         """The connection behind an ASGI WebSocket scope, when it is our own protocol
-        (wsprotocol.py). Its scope extension exposes the protocol's bound `drop`, whose
-        `__self__` is the protocol; any other server gets None (listeners never park)."""
-        drop = abort_callback(scope)
-        protocol = getattr(drop, "__self__", None)
+        (wsprotocol.py puts itself in the scope extension); any other server gets None
+        (listeners never park)."""
+        ext = connection_extension(scope)
+        protocol = ext.get("protocol") if ext else None
         return cls(protocol) if isinstance(protocol, IngestWebSocketProtocol) else None
 
     def writable(self) -> bool:

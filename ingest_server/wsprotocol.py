@@ -70,7 +70,8 @@ MESSAGE_OVERHEAD = 256
 DRAIN_TIMEOUT = 2.0
 WS_PROTOCOL = "ingest_server.wsprotocol:IngestWebSocketProtocol"  # for uvicorn.Config(ws=...)
 # The ASGI scope extension through which the app shares this connection's rate limit and
-# can drop the peer: scope["extensions"][EXTENSION] = {"budget": ..., "abort": ...}.
+# can drop the peer, and through which the listeners' fan-out (fanout.py) writes encoded
+# frames to it: scope["extensions"][EXTENSION] = {"budget": ..., "abort": ..., "protocol": ...}.
 EXTENSION = "echopanel.connection"
 # A disconnect event we generated ourselves (not the peer's close) carries this key.
 LOCAL_CLOSE = "echopanel.local_close"
@@ -181,7 +182,8 @@ class IngestWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if self.handshake_initiated and hasattr(self, "scope"):
             # Before the app runs (its task is only scheduled): the shared rate limit.
-            self.scope["extensions"][EXTENSION] = {"budget": self.budget, "abort": self.drop}
+            self.scope["extensions"][EXTENSION] = {"budget": self.budget, "abort": self.drop,
+                                                   "protocol": self}
 
     # -- frames ------------------------------------------------------------------------------
 
