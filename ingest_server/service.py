@@ -35,6 +35,7 @@ from .sessions import Registry
 from .storage import Store, is_valid_stream_id
 from .storage.interface import SharedStorage, StreamMeta, StreamStorage
 from .storage.lock import DataDirLock
+from .stream import Stream
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -194,14 +195,23 @@ class IngestService:
         if stream is None:
             await deny(ws, 404, f"unknown stream {stream_id[:64]!r}")
             return
+        if await self._listener_refused(ws):
+            return
+        await self._serve_listener(ws, stream)
+
+    async def _listener_refused(self, ws: WebSocket) -> bool:
+        """Shutting down, or at the listener limit: answered with 503 (§11.1)."""
         if self.registry.shutting_down:
             await deny(ws, 503, "server shutting down", {"Retry-After": RETRY_AFTER})
-            return
+            return True
         if len(self.listeners.listeners) >= self.config.max_connections:
             self.metrics.rejections["max_connections"] += 1
             await deny(ws, 503, f"server at its limit of {self.config.max_connections} "
                        "listeners", {"Retry-After": RETRY_AFTER})
-            return
+            return True
+        return False
+
+    async def _serve_listener(self, ws: WebSocket, stream: Stream) -> None:
         try:
             start = parse_from(ws.query_params.get("from"), stream.meta.format.sample_rate,
                                stream.durable.next_sample)
@@ -213,13 +223,7 @@ class IngestService:
     async def _listen_shared(self, ws: WebSocket, stream_id: str) -> None:
         """§11 on a shared store: the stream may be written on another node; the registry
         follows it (Registry.follow) for as long as listeners here need it."""
-        if self.registry.shutting_down:
-            await deny(ws, 503, "server shutting down", {"Retry-After": RETRY_AFTER})
-            return
-        if len(self.listeners.listeners) >= self.config.max_connections:
-            self.metrics.rejections["max_connections"] += 1
-            await deny(ws, 503, f"server at its limit of {self.config.max_connections} "
-                       "listeners", {"Retry-After": RETRY_AFTER})
+        if await self._listener_refused(ws):
             return
         try:
             stream = await self.registry.follow(stream_id) \
@@ -231,13 +235,7 @@ class IngestService:
             await deny(ws, 404, f"unknown stream {stream_id[:64]!r}")
             return
         try:
-            try:
-                start = parse_from(ws.query_params.get("from"), stream.meta.format.sample_rate,
-                                   stream.durable.next_sample)
-            except FromError as e:
-                await deny(ws, 400, str(e))
-                return
-            await self.listeners.serve(ws, stream, start)
+            await self._serve_listener(ws, stream)
         finally:
             self.registry.unfollow(stream)
 

@@ -569,17 +569,24 @@ class Registry:
                 if stream.owner is not None or self.streams.get(stream.stream_id) is not stream:
                     continue
                 del self.streams[stream.stream_id]  # gone for REST and resumes from here on
-                try:
-                    await self._run(self.store.delete, stream.stream_id)
-                except OSError as e:
-                    self.metrics.storage_errors["delete"] += 1
-                    log.error("retention: cannot delete stream %s: %s", stream.stream_id, e)
+                if not await self._delete_expired(stream.stream_id, meta.ended):
                     continue
-            self.metrics.streams_deleted += 1
-            log.info("retention: deleted stream %s (ended %s)", stream.stream_id, meta.ended,
-                     extra={"ctx": {"stream_id": stream.stream_id}})
             deleted.append(stream.stream_id)
         return deleted
+
+    async def _delete_expired(self, stream_id: str, ended: str) -> bool:
+        """Retention's deletion of one finalized stream; False (logged, counted) if it
+        failed: it is tried again at the next purge."""
+        try:
+            await self._run(self.store.delete, stream_id)
+        except OSError as e:
+            self.metrics.storage_errors["delete"] += 1
+            log.error("retention: cannot delete stream %s: %s", stream_id, e)
+            return False
+        self.metrics.streams_deleted += 1
+        log.info("retention: deleted stream %s (ended %s)", stream_id, ended,
+                 extra={"ctx": {"stream_id": stream_id}})
+        return True
 
     async def _purge_shared(self, cutoff: float) -> list[str]:
         """Retention on a shared store: every node may delete an old finalized stream (the
@@ -604,16 +611,8 @@ class Registry:
                 if stream.owner is not None:
                     continue
                 self._drop(stream)
-            try:
-                await self._run(self.store.delete, meta.stream_id)
-            except OSError as e:
-                self.metrics.storage_errors["delete"] += 1
-                log.error("retention: cannot delete stream %s: %s", meta.stream_id, e)
-                continue
-            self.metrics.streams_deleted += 1
-            log.info("retention: deleted stream %s (ended %s)", meta.stream_id, meta.ended,
-                     extra={"ctx": {"stream_id": meta.stream_id}})
-            deleted.append(meta.stream_id)
+            if await self._delete_expired(meta.stream_id, meta.ended):
+                deleted.append(meta.stream_id)
         return deleted
 
     async def _finalize_locked(self, stream: Stream, reason: EndReason) -> None:
