@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shlex
 import signal
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -119,10 +121,49 @@ class Cluster:
         """Start ingest node i again, on the same port (the balancer's backend)."""
         self.nodes[i].start()
 
+    def holder(self, stream_id: str) -> int | None:
+        """The ingest node a capture of `stream_id` is connected to right now (its REST
+        details say `connected`: true only on that node), or None (between connections)."""
+        for i, node in enumerate(self.nodes):
+            if not node.running:
+                continue
+            try:
+                with urllib.request.urlopen(f"{node.http}/v1/streams/{stream_id}",
+                                            timeout=2) as resp:
+                    if json.load(resp).get("connected"):
+                        return i
+            except (OSError, ValueError):
+                continue  # not known yet, or this node is paused / restarting
+        return None
+
+    def pause_node(self, i: int) -> None:
+        """SIGSTOP ingest node i: a frozen process (GC pause, VM freeze) that keeps its
+        sockets open and will carry on where it stopped (split brain, docs/scale-out.md)."""
+        proc = self.nodes[i].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+
+    def resume_node(self, i: int) -> None:
+        """SIGCONT ingest node i after pause_node(i)."""
+        proc = self.nodes[i].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+
+    def wait_ready(self) -> None:
+        """After kills: every ingest node is running again (restarted on its port) and
+        every running NATS node is current with a meta leader. Stream leaders may still be
+        electing: takes fail with 1013 for a few seconds, which the uplink rides out."""
+        for i, node in enumerate(self.nodes):
+            if not node.running:
+                self.start_node(i)
+        self.nats.wait_ready()
+
     def stop(self) -> None:
         """Balancer, ingest nodes (SIGTERM), then NATS; what never started is skipped."""
         if self.balancer is not None:
             self.balancer.stop()
+        for i in range(len(self.nodes)):
+            self.resume_node(i)  # a paused node cannot act on SIGTERM
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.stop()

@@ -159,6 +159,27 @@ class NatsCluster:
             if self.running(i):
                 self._wait_ready(i)
 
+    def stream_leader(self, stream: str) -> int | None:
+        """The index of the node leading JetStream stream `stream` (its Raft group), as any
+        running node's /jsz reports it; None while the group has no leader."""
+        names = {node.name: node.index for node in self.nodes}
+        for i in range(self.size):
+            if not self.running(i):
+                continue
+            try:
+                with urllib.request.urlopen(self.monitor_url(i) + "/jsz?streams=true",
+                                            timeout=2) as resp:
+                    jsz = json.loads(resp.read())
+            except (OSError, urllib.error.URLError, ValueError):
+                continue
+            for account in jsz.get("account_details") or []:
+                for detail in account.get("stream_detail") or []:
+                    if detail.get("name") == stream:
+                        leader = (detail.get("cluster") or {}).get("leader")
+                        if leader in names:
+                            return names[leader]
+        return None
+
     def running(self, i: int) -> bool:
         proc = self.nodes[i].proc
         return proc is not None and proc.poll() is None
