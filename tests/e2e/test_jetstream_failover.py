@@ -1,4 +1,4 @@
-"""Scale-out on NATS JetStream, end to end (docs/scale-out-design.md): a 3-node NATS cluster
+"""Scale-out on NATS JetStream, end to end (docs/scale-out.md): a 3-node NATS cluster
 on loopback (R3), two real ingest processes with `--store nats://...`, the real uplink
 client given both URLs. The ingest node the capture streams to is SIGKILLed mid-stream; the
 client resumes on the other node, which takes the stream over (lease, fence, tail) and

@@ -1,5 +1,5 @@
 """The JetStream storage backend against a real NATS server on loopback
-(ingest_server/storage/jetstream, docs/scale-out-design.md).
+(ingest_server/storage/jetstream, docs/scale-out.md).
 
 One single-node NATS server for the module (replication does not matter here); the
 replicated cases are in test_jetstream_cluster.py. Every test uses its own stream ids, and

@@ -1,4 +1,4 @@
-"""JetStream backend with replication and two real ingest nodes (docs/scale-out-design.md):
+"""JetStream backend with replication and two real ingest nodes (docs/scale-out.md):
 a 3-node NATS cluster on loopback (R3) and two `python -m ingest_server --store nats://...`
 processes, driven by the explicit protocol test client (tests/ingest_server/client.py)."""
 

@@ -1,7 +1,7 @@
 """The registry on a shared JetStream store, in-process: two "nodes" are two Registries with
 their own JetStreamStore (connection, node name, leases) on one NATS server. Resume on
 another node, the stale node letting go, and the expiry of a dead node's stream on a fake
-wall clock (docs/scale-out-design.md)."""
+wall clock (docs/scale-out.md)."""
 
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ from types import FrameType
 from typing import Any, get_args
 
 from tools.bench import capacity, catchup, footprint, latency, listeners, profiling, restart
+from tools.bench import cluster as cluster_bench
 from tools.bench import spool as spool_bench
 from tools.bench.report import Row, markdown_table, write_results
 from tools.bench.servers import Target
@@ -50,7 +51,7 @@ from tools.ingest_process import REPO_ROOT
 
 BENCHMARKS = ("catchup", "latency", "capacity", "footprint", "restart")
 # run only when named in --only (e.g. `--only spool`): not part of the default suite yet
-OPTIONAL_BENCHMARKS = ("spool", "listeners")
+OPTIONAL_BENCHMARKS = ("spool", "listeners", "cluster")
 
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -91,6 +92,9 @@ MODES: dict[str, dict[str, Any]] = {
                                                 backlog_seconds=5.0, idle_listeners=10),
     },
 }
+
+for _mode, _settings in cluster_bench.SETTINGS.items():  # --only cluster (docs/scale-out.md)
+    MODES[_mode]["cluster"] = _settings
 
 # Hard limits per benchmark (seconds), far above what the settings need: a hang is a failure.
 LIMITS = {"quick": 900, "full": 3600, "smoke": 120}
@@ -236,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "restart": restart.run,
         "spool": spool_bench.run,
         "listeners": listeners.run,
+        "cluster": lambda s, w: cluster_bench.run(s, w, log),
     }
     with tempfile.TemporaryDirectory(prefix="echopanel-bench-") as tmp:
         for name in only:

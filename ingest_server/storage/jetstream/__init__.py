@@ -1,4 +1,4 @@
-"""NATS JetStream storage backend (`--store nats://...`, docs/scale-out-design.md).
+"""NATS JetStream storage backend (`--store nats://...`, docs/scale-out.md).
 
     link.py     the NATS connection on its own loop and thread; lazy import of nats-py
     records.py  message layout: batches of journal records, position headers, markers

@@ -1,4 +1,4 @@
-"""Owner leases in the KV bucket (docs/scale-out-design.md "Ownership").
+"""Owner leases in the KV bucket (docs/scale-out.md "Ownership").
 
 A lease is the KV key `lease.<stream id>` holding who owns the stream and when it last
 renewed. Every change is a compare-and-set on the key's revision, so of two nodes taking a
@@ -47,7 +47,7 @@ class Lease:
 
 def expired(lease: Lease, now: float, lease_seconds: float) -> bool:
     """No renewal for `lease_seconds` by the holder's clock as recorded, read with ours:
-    node clocks must agree to well within lease_seconds (NTP), docs/scale-out-design.md."""
+    node clocks must agree to well within lease_seconds (NTP), docs/scale-out.md."""
     return now - lease.renewed >= lease_seconds
 
 

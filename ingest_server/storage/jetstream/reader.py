@@ -3,7 +3,7 @@
 No second copy of finalized audio: the subject already holds every item, replicated, and
 the WAV is a pure function of it (journal records, gaps as silence), built on demand like
 the local store's WAV of an open stream (storage/wav.py). Keeping an object-store copy would
-double the storage and add a second commit point at finalization (docs/scale-out-design.md).
+double the storage and add a second commit point at finalization (docs/scale-out.md).
 
 Messages are fetched with a batched direct get ("the next messages on this subject from
 sequence N", up to BATCH_MESSAGES / BATCH_BYTES, any replica answers): one round trip per

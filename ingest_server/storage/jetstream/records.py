@@ -1,4 +1,4 @@
-"""What one JetStream message of an audio subject holds (docs/scale-out-design.md).
+"""What one JetStream message of an audio subject holds (docs/scale-out.md).
 
 A message is a batch of consecutive items in the journal's record encoding (storage/
 journal.py: 36-byte header, CRC32, payload; gaps as GAP records), or an empty *marker*:

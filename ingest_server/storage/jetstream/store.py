@@ -1,4 +1,4 @@
-"""The JetStream implementation of StreamStorage (docs/scale-out-design.md).
+"""The JetStream implementation of StreamStorage (docs/scale-out.md).
 
     stream ECHOPANEL_AUDIO, subject echopanel.audio.<id>   the items (records.py)
     KV bucket ECHOPANEL_STREAMS, key meta.<id>              StreamMeta as JSON (revision CAS)
@@ -122,7 +122,7 @@ class JetStreamStore:
         self.committer = JetStreamCommitter(self.link, AUDIO_STREAM, self._gap_checkpoint)
         self._renewer = self.link.spawn(self._renew_forever()) if renew else None
 
-    # -- set-up and the min-replicas check (docs/scale-out-design.md "Durability") ---------
+    # -- set-up and the min-replicas check (docs/scale-out.md "What an ack means") ---------
 
     def _check_max_payload(self, max_item_bytes: int) -> None:
         """One item (up to --max-message-bytes) must fit in one NATS message with its
@@ -133,7 +133,7 @@ class JetStreamStore:
             raise StorageError(
                 f"the NATS servers accept messages of at most {have} bytes; items of up to "
                 f"{max_item_bytes} bytes (--max-message-bytes) need max_payload >= {need} "
-                "in the NATS server config (docs/scale-out-design.md)")
+                "in the NATS server config (docs/scale-out.md)")
 
     def _setup_when_ready(self, patience: float) -> None:
         """Set up, retrying while JetStream cannot answer yet: a cluster that just started
@@ -290,7 +290,7 @@ class JetStreamStore:
 
     def take(self, meta: StreamMeta, *, reopen: bool = False
              ) -> tuple[StreamMeta, JetStreamWriter]:
-        """Make this node the stream's writer: lease, fence, tail (docs/scale-out-design.md).
+        """Make this node the stream's writer: lease, fence, tail (docs/scale-out.md).
         Returns the stored meta (reopened if `reopen`) and a writer at the durable tail."""
         return self.link.call(self._take(meta.stream_id, reopen))
 
@@ -432,7 +432,7 @@ class JetStreamStore:
 
     def recover(self) -> list[tuple[StreamMeta, JetStreamWriter | None]]:
         """Nothing is loaded at start-up: a stream is taken when its capture resumes here
-        (any node may be the one), and REST reads the KV (docs/scale-out-design.md)."""
+        (any node may be the one), and REST reads the KV (docs/scale-out.md)."""
         return []
 
     # -- reading, from any node ----------------------------------------------------------

@@ -1,0 +1,296 @@
+"""Scale-out benchmark (issue 14, docs/scale-out.md): the JetStream store, 1 vs 2 vs 3 ingest
+processes, next to the local store; catch-up and live latency through JetStream.
+
+    python -m tools.bench --only cluster [--mode quick|full|smoke]
+
+Capacity: the loopback cluster (tools/cluster.py: `nats_nodes` NATS JetStream nodes, R =
+nats_nodes, `k` ingest processes) takes N real-time streams (16 kHz mono int16, 20 ms
+frames, the load generator of tools/bench/loadgen.py), dealt evenly over the k nodes by
+connecting each generator straight to its node (the balancer would add a Python hop to
+every byte). A step passes on the same verdict as benchmark 3 (capacity.verdict: 0 lost,
+none closed, p99 ack < 200 ms, the generator kept real time); the search doubles then
+bisects like benchmark 3. The local store's capacity is benchmark 3's search for "ours".
+
+Everything shares this machine's cores (2 on the development VM): NATS, the ingest
+processes and the generator. So beside the totals we report streams per ingest-process
+CPU-second (N / the ingest processes' summed CPU share at the best passing step): what one
+core given to ingest processes carries, the number that scales where CPU is free. The NATS
+nodes' CPU share is reported too: with R3 every node stores every byte.
+
+Catch-up and live latency: benchmark 1's and 2's uplink runs (catchup.ours_once,
+latency.ours_once) against one ingest process on the JetStream store, the stored audio read
+back over REST and compared with what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tools.bench import capacity, catchup, latency
+from tools.bench.common import FRAME_PERIOD, SPEECH, pcm
+from tools.bench.loadgen import LoadResult, LoadRun, WorkerResult, merge
+from tools.bench.report import Row
+from tools.bench.stats import cpu_seconds, summarize
+from tools.cluster import Cluster
+
+TARGET_PER_NODE = 0.8  # of one node's capacity added by each further node
+TARGET_VS_LOCAL = 0.7  # one JetStream-backed process vs the local store
+TARGET_CATCHUP_X = 1000.0
+TARGET_P99_MS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    node_counts: tuple[int, ...] = (1, 2, 3)
+    nats_nodes: int = 3
+    step_seconds: float = 10.0
+    start: int = 50
+    max_streams: int = 4000
+    budget_seconds: float = 150.0  # per node count (and for the local reference)
+    workers: int = 2  # generator processes in all (at least one per node)
+    precision: float = 0.1
+    p99_limit_ms: float = 200.0
+    drain_timeout: float = 5.0
+    local_reference: bool = True
+    backlog_seconds: float = 60.0
+    catchup_repeats: int = 3
+    latency_seconds: float = 15.0
+
+
+SETTINGS = {
+    "quick": ClusterSettings(step_seconds=8.0, budget_seconds=120.0, latency_seconds=15.0),
+    "full": ClusterSettings(step_seconds=30.0, budget_seconds=300.0, catchup_repeats=7,
+                            latency_seconds=60.0),
+    "smoke": ClusterSettings(node_counts=(1, 2), nats_nodes=1, step_seconds=1.0, start=4,
+                             max_streams=4, budget_seconds=30.0, local_reference=False,
+                             backlog_seconds=2.0, catchup_repeats=1, latency_seconds=0.5),
+}
+
+
+@dataclass(slots=True)
+class ClusterStep:
+    load: LoadResult
+    ingest_cpu: float = 0.0  # summed over the ingest processes, share of one core
+    nats_cpu: float = 0.0  # summed over the NATS nodes
+
+    @property
+    def per_cpu_second(self) -> float:
+        """Streams carried per CPU-second of ingest processes."""
+        return self.load.streams / self.ingest_cpu if self.ingest_cpu else float("nan")
+
+
+@dataclass(slots=True)
+class ClusterSearch:
+    nodes: int
+    best: int = 0
+    smallest_failure: int | None = None
+    bounded_by_time: bool = False
+    steps: list[ClusterStep] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+
+    def best_step(self) -> ClusterStep | None:
+        return next((s for s, v in zip(self.steps, self.verdicts, strict=True)
+                     if s.load.streams == self.best and v == "pass"), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nodes": self.nodes, "best": self.best,
+                "smallest_failure": self.smallest_failure,
+                "bounded_by_time": self.bounded_by_time,
+                "steps": [dict(s.load.to_json(), ingest_cpu=s.ingest_cpu, nats_cpu=s.nats_cpu,
+                               verdict=v) for s, v in zip(self.steps, self.verdicts, strict=True)]}
+
+
+def _nats_pids(cluster: Cluster) -> list[int]:
+    return [node.proc.pid for node in cluster.nats.nodes if node.proc is not None]
+
+
+def run_step(cluster: Cluster, n: int, settings: ClusterSettings, tag: str) -> ClusterStep:
+    """N streams dealt over the cluster's nodes, each node fed by its own generator(s)."""
+    k = len(cluster.nodes)
+    shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    per_node_workers = max(1, settings.workers // k)
+    loads: list[LoadRun] = []
+    try:
+        for i, (node, count) in enumerate(zip(cluster.nodes, shares, strict=True)):
+            if count:
+                loads.append(LoadRun("v1", node.port, count, workers=per_node_workers,
+                                     seconds=settings.step_seconds, prefix=f"{tag}-{n}-{i}",
+                                     drain_timeout=settings.drain_timeout))
+        for load in loads:
+            load.wait_ready(timeout=60.0 + n * 0.05)
+        ingest = [node.proc.pid for node in cluster.nodes if node.proc is not None]
+        nats = _nats_pids(cluster)
+        t0 = time.monotonic() + 0.5
+        for load in loads:
+            load.start(t0)
+        time.sleep(max(0.0, t0 - time.monotonic()))
+        cpu0 = [cpu_seconds(p) for p in ingest], [cpu_seconds(p) for p in nats]
+        time.sleep(max(0.0, t0 + settings.step_seconds - time.monotonic()))
+        cpu1 = [cpu_seconds(p) for p in ingest], [cpu_seconds(p) for p in nats]
+        parts: list[WorkerResult] = []
+        for load in loads:
+            parts += load.results(timeout=settings.drain_timeout + 60.0)
+        res = merge("v1", n, settings.step_seconds, parts)
+        ingest_cpu = (sum(cpu1[0]) - sum(cpu0[0])) / settings.step_seconds
+        res.server_cpu = ingest_cpu
+        return ClusterStep(res, ingest_cpu, (sum(cpu1[1]) - sum(cpu0[1])) / settings.step_seconds)
+    except Exception as e:  # a step that breaks is a failed step, with the reason kept
+        return ClusterStep(LoadResult("v1", n, settings.step_seconds, error=repr(e)))
+    finally:
+        for load in loads:
+            load.close()
+
+
+def search(nodes: int, settings: ClusterSettings, workdir: Path,
+           log: Callable[[str], None] = print) -> ClusterSearch:
+    """Benchmark 3's search (double, then bisect) on one cluster of `nodes` ingest nodes."""
+    out = ClusterSearch(nodes)
+    deadline = time.monotonic() + settings.budget_seconds
+    with Cluster(workdir / f"cluster-{nodes}", nodes=nodes,
+                 nats_nodes=settings.nats_nodes) as cluster:
+        n, last_step = settings.start, settings.step_seconds + 10.0
+        while True:
+            if time.monotonic() + last_step > deadline:
+                out.bounded_by_time = True
+                break
+            began = time.monotonic()
+            step = run_step(cluster, n, settings, f"cap{nodes}")
+            last_step = time.monotonic() - began
+            v = capacity.verdict(step.load, settings.p99_limit_ms)
+            out.steps.append(step)
+            out.verdicts.append(v)
+            log(f"  cluster {nodes} node(s): {n} streams: p99 {step.load.p99_ms:.1f} ms, "
+                f"ingest cpu {step.ingest_cpu:.0%}, NATS cpu {step.nats_cpu:.0%}, "
+                f"generators {step.load.generator_cpu:.0%}: {v}")
+            if v == "pass":
+                out.best = max(out.best, n)
+            else:
+                out.smallest_failure = n if out.smallest_failure is None \
+                    else min(out.smallest_failure, n)
+            if out.smallest_failure is None:
+                if n >= settings.max_streams:
+                    break
+                n = min(n * 2, settings.max_streams)
+                continue
+            lo, hi = out.best, out.smallest_failure
+            if hi - lo <= max(1, int(lo * settings.precision)):
+                break
+            n = (lo + hi) // 2
+    return out
+
+
+def _show(best: int, failure: int | None, bounded: bool) -> str:
+    text = f"{best}" + (f" (fails at {failure})" if failure is not None else "")
+    return text + (", time-bounded" if bounded else "")
+
+
+def _wav_pcm(http: str, stream_id: str) -> bytes:
+    with urllib.request.urlopen(f"{http}/v1/streams/{stream_id}/audio.wav", timeout=60) as r:
+        body: bytes = r.read()
+    return body[44:]
+
+
+def latency_and_catchup(settings: ClusterSettings, workdir: Path) -> dict[str, Any]:
+    """One ingest process on the JetStream store (R = nats_nodes): benchmark 1's catch-up
+    runs and one benchmark 2 live run, each checked against the audio read back over REST."""
+    payload = pcm(SPEECH, settings.backlog_seconds)
+    runs: list[catchup.CatchupRun] = []
+    identical = True
+    with Cluster(workdir / "cluster-latency", nodes=1,
+                 nats_nodes=settings.nats_nodes) as cluster:
+        node = cluster.nodes[0]
+        for i in range(settings.catchup_repeats + 1):  # the first is a warm-up
+            sid = f"js-catchup-{i}"
+            run = asyncio.run(catchup.ours_once(node.port, sid, payload,
+                                                settings.backlog_seconds, node.data_dir))
+            identical &= _wav_pcm(node.http, sid) == payload
+            if i:
+                runs.append(run)
+        live = asyncio.run(latency.ours_once(node.port, "js-live", settings.latency_seconds,
+                                             node.data_dir))
+        frames = round(settings.latency_seconds / FRAME_PERIOD)
+        identical &= _wav_pcm(node.http, "js-live") == pcm(SPEECH, frames * FRAME_PERIOD,
+                                                           seed=2)
+    return {"catchup_ms": summarize([r.transfer_s * 1000 for r in runs]),
+            "catchup_x_realtime": summarize([settings.backlog_seconds / r.transfer_s
+                                             for r in runs]),
+            "live": asdict(live), "identical": identical}
+
+
+def run(settings: ClusterSettings, workdir: Path,
+        log: Callable[[str], None] = print) -> tuple[dict[str, Any], list[Row]]:
+    found = {k: search(k, settings, workdir, log) for k in settings.node_counts}
+    local: capacity.SearchResult | None = None
+    if settings.local_reference:
+        local = capacity.search("ours", replace(
+            capacity.CapacitySettings(), step_seconds=settings.step_seconds,
+            start=settings.start, max_streams=settings.max_streams,
+            budget_seconds=settings.budget_seconds, workers=settings.workers,
+            precision=settings.precision, targets=("ours",)), workdir, log)
+    timing = latency_and_catchup(settings, workdir)
+
+    rows: list[Row] = []
+    one = found.get(1)
+    one_step = one.best_step() if one else None
+    local_step = capacity._passing_step(local) if local else None
+    if local is not None:
+        per_cpu = (f"{local_step.streams / local_step.server_cpu:.0f}"
+                   if local_step and local_step.server_cpu else "—")
+        rows.append(Row("7 scale-out", "local store, 1 process: streams (per ingest CPU-s)",
+                        f"{_show(local.best, local.smallest_failure, local.bounded_by_time)} "
+                        f"({per_cpu})", "—", "—", "(reference)", None))
+    for k, s in found.items():
+        step = s.best_step()
+        per_cpu = f"{step.per_cpu_second:.0f}" if step else "—"
+        cpu = (f"; ingest cpu {step.ingest_cpu:.0%}, NATS cpu {step.nats_cpu:.0%}, "
+               f"p99 {step.load.p99_ms:.0f} ms") if step else ""
+        rows.append(Row("7 scale-out", f"JetStream (R{settings.nats_nodes}), {k} ingest "
+                        f"process{'es' if k > 1 else ''}: streams (per ingest CPU-s){cpu}",
+                        f"{_show(s.best, s.smallest_failure, s.bounded_by_time)} ({per_cpu})",
+                        "—", "—", "—", None))
+    if one is not None and one.best:
+        for k, s in found.items():
+            if k == 1:
+                continue
+            gain = (s.best - one.best) / (one.best * (k - 1))
+            step = s.best_step()
+            eff = (step.per_cpu_second / one_step.per_cpu_second
+                   if step and one_step else float("nan"))
+            rows.append(Row("7 scale-out", f"{k} nodes: capacity added per further node "
+                            "(of one node's) — totals; per ingest CPU-s vs 1 node",
+                            f"{gain:.2f}; {eff:.2f}", "—", "—",
+                            f"≥ {TARGET_PER_NODE} where CPU is free",
+                            eff >= TARGET_PER_NODE if eff == eff else None))
+    if local is not None and local.best and one is not None:
+        vs_local = one.best / local.best
+        rows.append(Row("7 scale-out", "one JetStream process vs the local store (streams)",
+                        f"{vs_local:.2f}", "1", f"{vs_local:.2f}", f"≥ {TARGET_VS_LOCAL}",
+                        vs_local >= TARGET_VS_LOCAL))
+    cx, live = timing["catchup_x_realtime"], timing["live"]
+    rows += [
+        Row("7 scale-out", f"JetStream: {settings.backlog_seconds:g} s backlog acked (ms)",
+            timing["catchup_ms"].fmt(1), "—", "—",
+            f"≤ {settings.backlog_seconds * 1000 / TARGET_CATCHUP_X:g} ms",
+            cx.median >= TARGET_CATCHUP_X),
+        Row("7 scale-out", "JetStream: catch-up speed (× real time)", cx.fmt(0), "—", "—",
+            f"≥ {TARGET_CATCHUP_X:g}×", cx.median >= TARGET_CATCHUP_X),
+        Row("7 scale-out", "JetStream: live frame → ack p50 / p99 (ms)",
+            f"{live['p50_ms']:.2f} / {live['p99_ms']:.2f}", "—", "—",
+            f"p99 ≤ {TARGET_P99_MS:g} ms", live["p99_ms"] <= TARGET_P99_MS),
+        Row("7 scale-out", "JetStream: stored audio identical (read over REST)",
+            "yes" if timing["identical"] else "NO", "—", "—", "every run",
+            bool(timing["identical"])),
+    ]
+    results: dict[str, Any] = {"settings": asdict(settings),
+                               "jetstream": {str(k): s.to_json() for k, s in found.items()},
+                               "local": local.to_json() if local else None, **timing}
+    best_steps = {k: s.best_step() for k, s in found.items()}
+    results["per_cpu_second"] = {str(k): step.per_cpu_second
+                                 for k, step in best_steps.items() if step is not None}
+    return results, rows
