@@ -74,7 +74,7 @@ class IngestService:
         # DataDirBusy (a StorageError) names the holder's pid.
         self.lock = DataDirLock(config.data_dir)
         self.lock.acquire()
-        # The local journal, or NATS JetStream shared by every node (docs/scale-out-design.md;
+        # The local journal, or NATS JetStream shared by every node (docs/scale-out.md;
         # the data dir then holds only this node's webhook outbox). StorageError (NATS
         # unreachable, too few replicas, nats-py missing): a clear start-up failure.
         self.shared: SharedStorage | None = None

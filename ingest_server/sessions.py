@@ -295,7 +295,7 @@ class Registry:
                     raise
                 return
 
-    # -- a shared store (JetStream, docs/scale-out-design.md) ------------------------------
+    # -- a shared store (JetStream, docs/scale-out.md) ------------------------------
 
     @property
     def _shared(self) -> SharedStorage:
@@ -364,7 +364,7 @@ class Registry:
         """The stream a listener on this node follows, wherever it is written: this node's
         object if it has one, else one made from the store, whose `durable` moves when the
         stream's subject is written (a subscription as the wake-up, the tail as the truth,
-        docs/scale-out-design.md). None: no such stream. `unfollow` when done."""
+        docs/scale-out.md). None: no such stream. `unfollow` when done."""
         stream = self.streams.get(sid)
         if stream is None:
             with storage_failure("stream lookup", stream_id=sid):

@@ -18,7 +18,7 @@ core.py and connection.py do not change.
                                               gaps (live listeners, storage/reader.py)
     StreamStorage.finalize / delete           §6 end, expiry; retention
     StreamStorage.shared / lookup / holds     several servers share the storage (JetStream,
-                                              docs/scale-out-design.md): a stream is looked
+                                              docs/scale-out.md): a stream is looked
                                               up in the store, not only in memory, and a
                                               writer can lose its stream to another node
     SharedStorage.take                        make this node the stream's writer (fencing)
@@ -39,7 +39,7 @@ from .store import EndReason, StreamMeta, StreamState
 
 
 class StreamFenced(OSError):
-    """Another node took the stream over (a shared store, docs/scale-out-design.md): this
+    """Another node took the stream over (a shared store, docs/scale-out.md): this
     writer may never write again. The connection closes with 4411 (§7 SUPERSEDED: a newer
     connection took the stream over), never 1013: retrying here cannot help."""
 
