@@ -207,7 +207,7 @@ def test_gaps_survive_a_takeover_from_the_checkpoint_and_from_the_chain(
     # A crash between a gap batch's PubAck and its checkpoint: the chain has the gap.
     async def no_checkpoint(w: JetStreamWriter, n: int) -> None:
         return None
-    node_a.committer._gap_checkpoint = no_checkpoint
+    node_a.committer.publisher.gap_checkpoint = no_checkpoint
     append_frames(writer, 5, 2)
     writer.append_gap(7, 1, 7 * FRAME, 9 * FRAME)
     append_frames_at(writer, 8, 9 * FRAME, 2)

@@ -31,6 +31,7 @@ from ..reader import DurableReader
 from ..store import EndReason, StorageError, StreamMeta, StreamState, is_reopenable
 from .lease import Lease, renew_interval
 from .link import CONNECT_TIMEOUT, NatsLink
+from .publisher import JetStreamCommitter
 from .reader import SubjectReader, SubjectWav
 from .records import (
     H_END_REASON,
@@ -42,7 +43,7 @@ from .records import (
     position_headers,
     tail_from,
 )
-from .writer import JetStreamCommitter, JetStreamWriter, WriterState
+from .writer import JetStreamWriter, WriterState
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ class JetStreamStore:
     def close(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
+        self.committer.close()
         self.link.close()
 
     def healthy(self) -> bool:

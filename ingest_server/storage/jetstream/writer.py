@@ -1,12 +1,13 @@
-"""An open stream's writer on JetStream, and the committer that publishes its batches.
+"""An open stream's writer on JetStream.
 
-Appends only buffer records in memory (the journal's encoding, records.py). `submit`
-publishes everything buffered as one message (several if it exceeds MAX_MESSAGE_BYTES),
-each with `Nats-Expected-Last-Subject-Sequence` = the subject's last stream sequence this
-writer knows, and resolves once JetStream's PubAck says a quorum of replicas stored it:
-acks to the uplink wait on that future (docs/protocol.md §4). One publish per stream at a
-time (the stream's sync lock); items arriving meanwhile ride the next batch (group commit,
-commit.py), so a stream that is behind sends large messages, not one per 20 ms frame.
+Appends only buffer records in memory (the journal's encoding, records.py). The committer
+(publisher.py) takes everything buffered as one message (several if it exceeds
+MAX_MESSAGE_BYTES) and publishes it, each with `Nats-Expected-Last-Subject-Sequence` = the
+subject's last stream sequence this writer knows, and resolves once JetStream's PubAck
+says a quorum of replicas stored it: acks to the uplink wait on that future
+(docs/protocol.md §4). One publish per stream at a time (the stream's sync lock); items
+arriving meanwhile ride the next batch (group commit, commit.py), so a stream that is
+behind sends large messages, not one per 20 ms frame.
 
 A "wrong last sequence" answer means another node published on the subject (it took the
 stream over and fenced it, lease.py): this writer is FENCED for good, never retries, and
@@ -18,24 +19,14 @@ so the writer is STALE: it publishes nothing more and the next resume re-reads t
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
 
 from ..interface import StreamFenced
 from ..journal import KIND_AUDIO, KIND_GAP, Gap, Position, encode_header
-from .records import WRONG_LAST_SEQUENCE, MessageKind, position_headers
-
-if TYPE_CHECKING:
-    from .link import NatsLink
-
-log = logging.getLogger(__name__)
 
 # NATS' default max_payload is 1 MiB; headers and slack stay below it.
 MAX_MESSAGE_BYTES = 768 * 1024
-PUBLISH_TIMEOUT = 5.0
 
 
 class WriterState(Enum):
@@ -46,7 +37,7 @@ class WriterState(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class _Message:
+class BatchMessage:
     first_seq: int
     body: bytes
     after: Position  # the position after this message
@@ -54,7 +45,7 @@ class _Message:
 
 class JetStreamWriter:
     """StreamWriter over one subject. Appends run on the server's loop; publishes on the
-    NATS loop, one at a time, only through `JetStreamCommitter`."""
+    NATS loop, one at a time, only through `JetStreamCommitter` (publisher.py)."""
 
     def __init__(self, stream_id: str, subject: str, tail: Position, last_subject_seq: int,
                  gaps: list[Gap], owner: str, meta_revision: int) -> None:
@@ -106,22 +97,22 @@ class JetStreamWriter:
         self._records.append(record)
         self._size += len(record)
 
-    def take_batch(self) -> list[_Message]:
+    def take_batch(self) -> list[BatchMessage]:
         """Everything buffered, as messages of at most MAX_MESSAGE_BYTES (whole records)."""
-        messages: list[_Message] = []
+        messages: list[BatchMessage] = []
         body: list[bytes] = []
         body_bytes = 0
         first = self._first_unpublished_seq
         prev_mark = self.position
         for record, mark in zip(self._records, self._marks, strict=True):
             if body and body_bytes + len(record) > MAX_MESSAGE_BYTES:
-                messages.append(_Message(first, b"".join(body), prev_mark))
+                messages.append(BatchMessage(first, b"".join(body), prev_mark))
                 body, body_bytes, first = [], 0, prev_mark.next_seq
             body.append(record)
             body_bytes += len(record)
             prev_mark = mark
         if body:
-            messages.append(_Message(first, b"".join(body), prev_mark))
+            messages.append(BatchMessage(first, b"".join(body), prev_mark))
         self._records.clear()
         self._marks.clear()
         self._first_unpublished_seq = self.next_seq
@@ -150,54 +141,3 @@ class JetStreamWriter:
     def close(self) -> None:
         if self.state is WriterState.OWNER:
             self.state = WriterState.CLOSED
-
-
-class JetStreamCommitter:
-    """Committer: `submit(writer)` publishes the writer's buffered batch; the future is the
-    PubAck (all messages of the batch acked, and the gap checkpoint written if the batch
-    held a gap, store.py). Not cancellable from the caller's side (interface.Committer)."""
-
-    def __init__(self, link: NatsLink, stream_name: str, gap_checkpoint: Any) -> None:
-        self._link = link
-        self._stream_name = stream_name
-        self._gap_checkpoint = gap_checkpoint  # async (writer) -> None, store.py
-
-    def submit(self, writer: JetStreamWriter) -> asyncio.Future[Any]:
-        gaps_before = writer.unpublished_gap_start
-        batch = writer.take_batch()
-        return asyncio.wrap_future(self._link.spawn(self._publish(writer, batch, gaps_before)))
-
-    async def _publish(self, writer: JetStreamWriter, batch: list[_Message],
-                       gaps_before: int) -> None:
-        if writer.state is WriterState.FENCED:
-            raise StreamFenced(f"stream {writer.stream_id} was taken over by another node")
-        if writer.state is not WriterState.OWNER:
-            raise OSError(f"stream {writer.stream_id}: writer is {writer.state.value}")
-        nats_errors = self._link.errors
-        for message in batch:
-            headers = position_headers(MessageKind.AUDIO, message.first_seq, message.after,
-                                       writer.last_subject_seq, writer.owner)
-            try:
-                ack = await self._link.js.publish(writer.subject, message.body,
-                                                  timeout=PUBLISH_TIMEOUT,
-                                                  stream=self._stream_name, headers=headers)
-            except nats_errors.APIError as e:
-                if e.err_code == WRONG_LAST_SEQUENCE:
-                    writer.fence()
-                    log.warning("stream %s: fenced, another node wrote its subject",
-                                writer.stream_id)
-                    raise StreamFenced(f"stream {writer.stream_id} was taken over by "
-                                       "another node") from e
-                writer.state = WriterState.STALE
-                raise OSError(f"JetStream refused the publish: {e.description}") from e
-            except Exception as e:
-                writer.state = WriterState.STALE
-                raise OSError(f"JetStream publish failed: {type(e).__name__}") from e
-            writer.last_subject_seq = ack.seq
-        if batch and batch[-1].after.gap_count > gaps_before:
-            # Gaps are rare (after an outage): the KV meta keeps the list, so a takeover
-            # reads it instead of walking every message back (store.take).
-            await self._gap_checkpoint(writer, batch[-1].after.gap_count)
-
-    def close(self) -> None:
-        pass  # the link belongs to the store
