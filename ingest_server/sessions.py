@@ -534,6 +534,10 @@ class Registry:
                 log.warning("cannot expire orphaned stream %s: %s", meta.stream_id, e)
                 continue
             self.metrics.streams_expired += 1
+            # announced here, on the node that expired it: relayed to every node (relay.py)
+            self.events.publish(StreamEvent(EventKind.FINALIZED, meta.stream_id,
+                                            writer.next_sample, self.wall(),
+                                            end_reason=str(EndReason.EXPIRED)))
             log.info("stream %s expired: its node stopped renewing it %.0f s ago or more",
                      meta.stream_id, idle, extra={"ctx": {"stream_id": meta.stream_id}})
             expired.append(meta.stream_id)

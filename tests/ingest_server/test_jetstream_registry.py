@@ -14,6 +14,7 @@ import pytest
 
 from ingest_server.config import ServerConfig
 from ingest_server.errors import TakenOver, storage_failure
+from ingest_server.events import EventKind
 from ingest_server.sessions import Registry
 from ingest_server.storage.interface import StreamState
 from tests.support.clock import FakeClock
@@ -124,7 +125,11 @@ def test_a_dead_nodes_stream_expires_on_another_node_and_can_be_reopened(
         assert await b.registry.expire() == []  # lease still fresh
         wall[0] += TIMEOUT + 1
         b.clock.advance(61)  # the once-a-minute orphan scan is due
-        assert sid in await b.registry.expire()
+        with b.registry.events.subscribe(sid) as sub:
+            assert sid in await b.registry.expire()
+            announced = sub.pending()  # B announces it (and relays it to every node)
+        assert [(e.kind, e.at_sample, e.end_reason) for e in announced] == [
+            (EventKind.FINALIZED, 4 * FRAME, "expired")]
         meta = b.store.lookup(sid)
         assert meta is not None and meta.state is StreamState.FINALIZED
         assert meta.next_seq == 4 and meta.end_reason == "expired"
