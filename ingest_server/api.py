@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Security
@@ -298,8 +299,10 @@ async def get_stream(stream_id: str, request: Request) -> StreamDetail:
                              "gap, finalized); docs/protocol.md §11.4"}},
             summary="Discovery: stream events as Server-Sent Events")
 async def events(request: Request) -> StreamingResponse:
-    registry = _service(request).registry
-    return StreamingResponse(event_stream(registry, registry.events),
+    service = _service(request)
+    registry, shared = service.registry, service.shared
+    list_shared = None if shared is None else partial(_in_thread, service, shared.list_streams)
+    return StreamingResponse(event_stream(registry, registry.events, list_shared=list_shared),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -12,16 +12,24 @@ never the other way round), then one `stream` event per bus event, and a comment
 KEEPALIVE seconds so idle proxies keep it open. A subscriber that falls DEFAULT_LIMIT events
 behind (it stopped reading) gets an `overflow` event, if it can still take one, and the
 response ends: it reconnects and starts from a new snapshot.
+
+With a shared store the feed is cluster-wide (relay.py): the snapshot lists the open streams
+of the whole store (its `connected` is true for a capture on this node, as in REST), and
+the events of every node follow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .events import EventBus
 from .sessions import Registry
+from .storage.interface import Position, StreamMeta, StreamState
+
+# A shared store's listing (SharedStorage.list_streams, run off the loop by the caller)
+ListShared = Callable[[], Awaitable[list[tuple[StreamMeta, Position]]]]
 
 KEEPALIVE = 15.0
 RETRY_MS = 1000
@@ -39,11 +47,24 @@ def snapshot(registry: Registry) -> dict[str, object]:
     return {"type": "snapshot", "streams": streams}
 
 
-async def event_stream(registry: Registry, bus: EventBus,
-                       keepalive: float = KEEPALIVE) -> AsyncIterator[bytes]:
-    with bus.subscribe() as sub:
+async def shared_snapshot(registry: Registry, list_shared: ListShared) -> dict[str, object]:
+    listed = await list_shared()
+    streams = []
+    for meta, position in sorted(listed, key=lambda item: item[0].stream_id):
+        if meta.state is not StreamState.OPEN:
+            continue
+        local = registry.streams.get(meta.stream_id)
+        streams.append({"stream_id": meta.stream_id, "at_sample": position.next_sample,
+                        "connected": local is not None and local.owner is not None})
+    return {"type": "snapshot", "streams": streams}
+
+
+async def event_stream(registry: Registry, bus: EventBus, keepalive: float = KEEPALIVE,
+                       list_shared: ListShared | None = None) -> AsyncIterator[bytes]:
+    with bus.subscribe(remote=True) as sub:  # every node's streams (relay.py)
         yield f"retry: {RETRY_MS}\n\n".encode()
-        yield _sse("snapshot", snapshot(registry))
+        yield _sse("snapshot", snapshot(registry) if list_shared is None
+                   else await shared_snapshot(registry, list_shared))
         while True:
             changed = sub.changed()
             try:

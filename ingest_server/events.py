@@ -13,6 +13,12 @@ server dropped so far (§4): the difference between a `disconnected` and the `re
 before it is what that connection replayed. `disconnected` carries the connection's
 `close_code` (§7; 1006 when it simply vanished).
 
+With a shared store (docs/scale-out.md "Events across nodes") every node relays its own
+events to the others, and delivers theirs to the subscriptions that asked for remote events
+(`subscribe(remote=True)`: discovery and listeners). The webhook outbox and the connection
+history take only this node's events, so a cluster sends each webhook once, from the node
+where it happened.
+
 Publishing never blocks and never waits on a subscriber: each subscription has a bounded
 queue (`limit` events); one that falls that far behind is marked `overflowed` and gets no
 more events, and its owner closes it (the discovery endpoint with 4429, docs/protocol.md
@@ -23,10 +29,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from .storage.interface import Gap
+
+T = TypeVar("T")
 
 DEFAULT_LIMIT = 1024  # events a subscriber may fall behind before it is cut off
 
@@ -71,13 +81,54 @@ class StreamEvent:
             body["detail"] = self.detail
         return body
 
+    @classmethod
+    def from_json(cls, body: dict[str, object]) -> StreamEvent:
+        """The inverse of `to_json` (events relayed from another node). ValueError if a
+        field is missing or of the wrong type."""
+        try:
+            gap = None
+            if "start_sample" in body:
+                gap = Gap(_int(body["first_seq"]), _int(body["end_seq"]),
+                          _int(body["start_sample"]), _int(body["end_sample"]))
+            return cls(EventKind(_str(body["event"])), _str(body["stream_id"]),
+                       _int(body["at_sample"]), _number(body["time"]), gap,
+                       _optional(body.get("end_reason"), _str),
+                       _optional(body.get("duplicates"), _int),
+                       _optional(body.get("close_code"), _int),
+                       _optional(body.get("detail"), _str))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a stream event: {e!r}") from e
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _optional(value: object, convert: Callable[[object], T]) -> T | None:
+    return None if value is None else convert(value)
+
 
 class Subscription:
     """One subscriber's queue. `get()` waits for the next event; `overflowed` says events
     were lost because it fell `limit` behind (it then receives nothing more)."""
 
-    def __init__(self, bus: EventBus, stream_id: str | None, limit: int) -> None:
+    def __init__(self, bus: EventBus, stream_id: str | None, limit: int, remote: bool) -> None:
         self.stream_id = stream_id
+        self.remote = remote  # also other nodes' events (shared store)
         self.overflowed = False
         self.ended = False  # the bus closed (server shutdown): nothing more will come
         self._bus = bus
@@ -139,10 +190,14 @@ class EventBus:
         self._all: set[Subscription] = set()
         self._by_stream: dict[str, set[Subscription]] = {}
         self.published = 0
+        # Shared store: hands each event published here to the other nodes (service.py)
+        self.relay: Callable[[StreamEvent], None] | None = None
 
-    def subscribe(self, stream_id: str | None = None, limit: int = DEFAULT_LIMIT) -> Subscription:
-        """Events of one stream, or of every stream (None)."""
-        sub = Subscription(self, stream_id, limit)
+    def subscribe(self, stream_id: str | None = None, limit: int = DEFAULT_LIMIT, *,
+                  remote: bool = False) -> Subscription:
+        """Events of one stream, or of every stream (None); with `remote`, those other
+        nodes relay too."""
+        sub = Subscription(self, stream_id, limit, remote)
         if stream_id is None:
             self._all.add(sub)
         else:
@@ -169,8 +224,20 @@ class EventBus:
         return len(self._all) + sum(len(s) for s in self._by_stream.values())
 
     def publish(self, event: StreamEvent) -> None:
+        """An event of this node: every subscriber, and the other nodes."""
         self.published += 1
         for sub in self._all:
             sub.deliver(event)
         for sub in self._by_stream.get(event.stream_id, ()):
             sub.deliver(event)
+        if self.relay is not None:
+            self.relay(event)
+
+    def publish_remote(self, event: StreamEvent) -> None:
+        """An event another node relayed: only the subscribers that asked for them."""
+        for sub in self._all:
+            if sub.remote:
+                sub.deliver(event)
+        for sub in self._by_stream.get(event.stream_id, ()):
+            if sub.remote:
+                sub.deliver(event)

@@ -120,7 +120,7 @@ class Listener:
     async def run(self) -> None:
         self._task = asyncio.current_task()
         stream = self.stream
-        sub = self.hub.events.subscribe(stream.stream_id)
+        sub = self.hub.events.subscribe(stream.stream_id, remote=True)  # relay.py
         receiver = asyncio.create_task(self._receive())
         try:
             await self.ws.accept()

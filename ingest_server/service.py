@@ -31,6 +31,7 @@ from .errors import ClosingError
 from .history import ConnectionHistory
 from .listen import FromError, ListenerHub, parse_from
 from .metrics import Gauges, Metrics, WebhookTotals
+from .relay import EventRelay
 from .sessions import Registry
 from .storage import Store, is_valid_stream_id
 from .storage.interface import SharedStorage, StreamMeta, StreamStorage
@@ -106,6 +107,9 @@ class IngestService:
         self.webhooks = WebhookDispatcher(config, self.registry.events,
                                           config.data_dir / WEBHOOK_OUTBOX_DIR, self.executor,
                                           describe=self._describe)
+        # Shared store: discovery and listeners hear of every node's streams (relay.py)
+        self.relay = (EventRelay(self.registry.events, self.shared)
+                      if self.shared is not None else None)
         self.per_token: dict[str | None, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.metrics.watch(self._gauges)
@@ -128,6 +132,8 @@ class IngestService:
         """Recover every stream before the first connection is accepted."""
         self.history.start()  # before recovery and the first connection: nothing is missed
         await self.webhooks.start()
+        if self.relay is not None:
+            self.relay.start()
         self.registry.recover()
         self._sweeper = asyncio.create_task(self._sweep())
 
@@ -318,6 +324,8 @@ class IngestService:
         await self.history.stop()
         self.committer.close()
         self.executor.shutdown(wait=True)
+        if self.relay is not None:
+            self.relay.stop()  # after the last local event (the disconnects above)
         if self.shared is not None:
             self.shared.close()  # after the last publish; leases lapse (lease_seconds)
         self.lock.release()  # last: every journal is closed

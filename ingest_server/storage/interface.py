@@ -147,6 +147,16 @@ class SharedStorage(StreamStorage, Protocol):
         """Wake-up hints (from another thread) when the stream is written; returns stop."""
         ...
 
+    def share_event(self, payload: bytes) -> None:
+        """Hand one event (events.py, encoded) to every other node; never blocks, and a
+        payload lost on the way costs only that notification (not audio)."""
+        ...
+
+    def shared_events(self, on_payload: Callable[[bytes], None]) -> Callable[[], None]:
+        """Call `on_payload` (from another thread) with every event another node shares;
+        returns the function that stops it."""
+        ...
+
     def orphans(self, now: float, idle_seconds: float) -> list[StreamMeta]:
         """Open streams whose owner lease nobody renewed for `idle_seconds` (wall time)."""
         ...

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +27,28 @@ FAST_UPLINK = UplinkConfig(buffer_seconds=60.0, ack_timeout=1.0,
                            backoff=BackoffConfig(base=0.05, cap=0.3),
                            breaker=BreakerConfig(failure_threshold=1000),
                            budget=RetryBudgetConfig(max_initial_attempts=0))
+
+
+def sse_events(http: str, headers: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """`GET /v1/events` of the server at `http`, read on a thread; yields each event's JSON
+    (the snapshot first)."""
+    lines: queue.Queue[str] = queue.Queue()
+    request = urllib.request.Request(f"{http}/v1/events", headers=headers or {})
+    resp = urllib.request.urlopen(request, timeout=60)
+    assert resp.headers["content-type"].startswith("text/event-stream")
+
+    def pump() -> None:
+        try:
+            for raw in resp:
+                lines.put(raw.decode().rstrip("\n"))
+        except OSError:
+            pass  # the test is over and the response was left open
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        line = lines.get(timeout=10)
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
 
 
 @dataclass

@@ -24,7 +24,7 @@ import pytest
 from capture.wav_source import WavFileSource
 from capture.wavfile import read_wav
 from tests.e2e.conftest import stored_equals_source
-from tests.e2e.listen_support import FAST_UPLINK, collect, feed
+from tests.e2e.listen_support import FAST_UPLINK, collect, feed, sse_events
 from tests.ingest_server.client import FRAME, Client, frames
 from tools.chaos_run import CHAOS_CONFIG, make_recording, run_cluster_scenario
 from tools.cluster import Cluster
@@ -227,6 +227,35 @@ def test_a_listener_on_one_node_hears_exactly_a_capture_whose_node_is_killed(
         assert bytes(got.audio) == source
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def test_discovery_on_any_node_announces_the_streams_of_every_node(cluster: Cluster) -> None:
+    """`GET /v1/events` on node 2 (docs/scale-out.md "Events across nodes"): its snapshot
+    lists a stream open on node 0, and the events of a capture on node 1 follow (in its
+    node's order; two nodes' events may interleave either way), the end on node 0 too."""
+    early_sid, sid = "cluster-discovery-early", "cluster-discovery"
+    with Client(cluster.nodes[0].url) as early:
+        early.hello(early_sid)
+        early.stream(0, frames(5, 21))
+        events = sse_events(cluster.nodes[2].http)
+        snapshot = next(events)
+        assert snapshot["type"] == "snapshot"
+        listed = {s["stream_id"]: s for s in snapshot["streams"]}
+        assert listed[early_sid] == {"stream_id": early_sid, "at_sample": 5 * FRAME,
+                                     "connected": False}  # connected to node 0, not here
+        with Client(cluster.nodes[1].url) as client:
+            client.hello(sid)
+            client.stream(0, frames(10, 22))
+            client.end(10, 10 * FRAME)
+        early.end(5, 5 * FRAME)
+    seen: list[tuple[str, str, int]] = []
+    while not {("finalized", early_sid), ("finalized", sid)} <= {(e, s) for e, s, _ in seen}:
+        event = next(events)
+        if event.get("type") == "stream" and event["stream_id"] in (sid, early_sid):
+            seen.append((event["event"], event["stream_id"], event["at_sample"]))
+    mine = [(e, at) for e, s, at in seen if s == sid]
+    assert mine[0] == ("opened", 0) and ("finalized", 10 * FRAME) in mine, seen
+    assert ("finalized", early_sid, 5 * FRAME) in seen
 
 
 def test_the_chaos_run_through_the_balancer_with_node_kills(

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from capture.wavfile import read_wav
+from tests.e2e import listen_support
 from tests.e2e.listen_support import collect
 from tests.support.server import server_fixture
 from tools.chaos_run import make_recording
@@ -36,23 +35,7 @@ def get(srv: IngestServer, path: str, method: str = "GET", timeout: float = 10) 
 
 
 def sse_events(srv: IngestServer) -> Iterator[dict[str, Any]]:
-    """`GET /v1/events` read on a thread; yields each event's JSON."""
-    lines: queue.Queue[str] = queue.Queue()
-    resp = get(srv, "/v1/events", timeout=60)
-    assert resp.headers["content-type"].startswith("text/event-stream")
-
-    def pump() -> None:
-        try:
-            for raw in resp:
-                lines.put(raw.decode().rstrip("\n"))
-        except OSError:
-            pass  # the test is over and the response was left open
-
-    threading.Thread(target=pump, daemon=True).start()
-    while True:
-        line = lines.get(timeout=10)
-        if line.startswith("data: "):
-            yield json.loads(line[6:])
+    return listen_support.sse_events(srv.http, AUTH)
 
 
 @pytest.fixture(scope="module")

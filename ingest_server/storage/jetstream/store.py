@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 AUDIO_STREAM = "ECHOPANEL_AUDIO"
 SUBJECT_PREFIX = "echopanel.audio."
+# Core NATS, not JetStream (outside SUBJECT_PREFIX): events are live notifications, as
+# /v1/events is on one node (docs/scale-out.md "Events across nodes").
+EVENTS_SUBJECT = "echopanel.events"
+NODE_HEADER = "Echopanel-Node"
 META_BUCKET = "ECHOPANEL_STREAMS"
 REQUEST_TIMEOUT = 5.0
 PAYLOAD_SLACK = 64 * 1024  # record header, position headers, NATS framing
@@ -513,6 +517,22 @@ class JetStreamStore:
             on_message()
 
         sub = self.link.call(self.link.nc.subscribe(subject_of(stream_id), cb=deliver))
+
+        def stop() -> None:
+            self.link.spawn(sub.unsubscribe())
+        return stop
+
+    def share_event(self, payload: bytes) -> None:
+        self.link.spawn(self.link.nc.publish(EVENTS_SUBJECT, payload,
+                                             headers={NODE_HEADER: self.node}))
+
+    def shared_events(self, on_payload: Callable[[bytes], None]) -> Callable[[], None]:
+        """Every other node's events (this node's own come back too: skipped here)."""
+        async def deliver(msg: Any) -> None:
+            if (msg.headers or {}).get(NODE_HEADER) != self.node:
+                on_payload(msg.data)
+
+        sub = self.link.call(self.link.nc.subscribe(EVENTS_SUBJECT, cb=deliver))
 
         def stop() -> None:
             self.link.spawn(sub.unsubscribe())
