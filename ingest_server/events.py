@@ -28,6 +28,7 @@ more events, and its owner closes it (the discovery endpoint with 4429, docs/pro
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,8 +108,9 @@ def _int(value: object) -> int:
 
 
 def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
+        raise TypeError(f"expected a finite number, got {value!r:.20}")
     return float(value)
 
 
@@ -223,14 +225,14 @@ class EventBus:
     def subscribers(self) -> int:
         return len(self._all) + sum(len(s) for s in self._by_stream.values())
 
-    def publish(self, event: StreamEvent) -> None:
-        """An event of this node: every subscriber, and the other nodes."""
+    def publish(self, event: StreamEvent, *, share: bool = True) -> None:
+        """An event of this node: every subscriber, and (`share`) the other nodes."""
         self.published += 1
         for sub in self._all:
             sub.deliver(event)
         for sub in self._by_stream.get(event.stream_id, ()):
             sub.deliver(event)
-        if self.relay is not None:
+        if share and self.relay is not None:
             self.relay(event)
 
     def publish_remote(self, event: StreamEvent) -> None:

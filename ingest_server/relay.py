@@ -9,9 +9,11 @@ A hears that the capture it follows on node B disconnected. Webhooks and the web
 history take only local events: each webhook leaves once, from the node where it
 happened.
 
-Events are notifications, not audio: one lost in transit (a NATS reconnect) costs that
-notification only, exactly as a discovery client that reconnects misses what happened
-meanwhile (protocol.md §11.4: its snapshot is the truth).
+Events are notifications, not audio: one lost in transit (published while the node is
+disconnected from NATS: dropped rather than delivered late) costs that notification only,
+exactly as a discovery client that reconnects misses what happened meanwhile
+(protocol.md §11.4: its snapshot is the truth). A node that lost a stream to another
+(fenced) keeps that stream's `disconnected` to itself (sessions.py `detach`).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class EventRelay:
             if not isinstance(body, dict):
                 raise ValueError("not a JSON object")
             event = StreamEvent.from_json(body)
-        except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError:
+            # ValueErrors; RecursionError: JSON nested deeper than the parser's stack
             self.rejected += 1
             log.warning("ignored an event relayed by another node: %s", e)
             return

@@ -282,6 +282,8 @@ class IngestService:
 
     async def sweep_once(self) -> None:
         """Expire idle sessions (monotonic clock), then apply retention (wall clock)."""
+        if self.shared is not None:
+            self.registry.poll_followed()  # listeners' streams written on other nodes
         await self.registry.expire()
         await self.registry.purge()
 

@@ -62,6 +62,7 @@ SHARED_PURGE_INTERVAL = 60.0
 SHARED_EXISTS = ("stream id taken by a stream in the cluster: only its resume credential "
                  "continues it; else choose another id")
 EXPIRY_RETRY = 30.0  # seconds before retrying an expiry whose finalization failed
+FOLLOW_POLL = 2.0  # seconds without a wake-up before a followed stream's tail is read anyway
 DAY = 86400.0
 
 
@@ -110,6 +111,7 @@ class Registry:
         self._next_orphan_check = 0.0  # monotonic; and look for orphans once a minute
         self._refreshing: set[Stream] = set()  # followed streams whose tail is being read
         self._refresh_again: set[Stream] = set()  # ... and written again meanwhile
+        self._tail_read_at: dict[Stream, float] = {}  # followed stream -> last tail read
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -121,11 +123,11 @@ class Registry:
 
     def _publish(self, kind: EventKind, stream: Stream, *, gap: Gap | None = None,
                  end_reason: str | None = None, close_code: int | None = None,
-                 detail: str | None = None) -> None:
+                 detail: str | None = None, share: bool = True) -> None:
         duplicates = stream.duplicates if kind in _COUNTS_REPLAYS else None
         self.events.publish(StreamEvent(kind, stream.stream_id, stream.durable.next_sample,
                                         self.wall(), gap, end_reason, duplicates, close_code,
-                                        detail))
+                                        detail), share=share)
 
     def _durable_moved(self, stream: Stream, before: Position, after: Position) -> None:
         """A gap is announced once its record is durable (events.py): never one that a
@@ -391,9 +393,25 @@ class Registry:
 
     def unfollow(self, stream: Stream) -> None:
         stream.watchers -= 1
-        if stream.watchers == 0 and stream.unwatch is not None:
-            stream.unwatch()
-            stream.unwatch = None
+        if stream.watchers == 0:
+            self._tail_read_at.pop(stream, None)
+            if stream.unwatch is not None:
+                stream.unwatch()
+                stream.unwatch = None
+
+    def poll_followed(self, now: float | None = None) -> int:
+        """Read the tail of every followed stream that had no wake-up for FOLLOW_POLL
+        seconds. The subscription is a hint that can miss (a publish made before this
+        node's NATS server learned of the interest, right after a NATS reconnect; a tail
+        read that failed): without this, a listener could wait forever for a stream that
+        was written, or ended, meanwhile. Returns how many were read."""
+        now = self.clock() if now is None else now
+        due = [s for s in self.streams.values()
+               if s.unwatch is not None and s.journal is None and not s.finalized
+               and now - self._tail_read_at.get(s, float("-inf")) >= FOLLOW_POLL]
+        for stream in due:
+            self._remote_written(stream)
+        return len(due)
 
     def _remote_written(self, stream: Stream) -> None:
         if stream.journal is not None:
@@ -412,6 +430,8 @@ class Registry:
             self._refresh_again.discard(stream)
             if stream.journal is not None or stream.finalized:
                 return
+            if stream.unwatch is not None:  # still followed (poll_followed)
+                self._tail_read_at[stream] = self.clock()
             try:
                 pos, ended = await self._run(self._shared.tail_of, stream.meta)
                 meta = await self._run(self.store.lookup, stream.stream_id) if ended else None
@@ -446,7 +466,13 @@ class Registry:
         if stream.owner is owner:
             stream.owner = None
             stream.idle_since = self.clock()
-            self._publish(EventKind.DISCONNECTED, stream, close_code=close_code)
+            # A node that lost the stream (fenced, 4411, or already dropped: another node
+            # resumed it) tells only its own subscribers: relayed, it would say
+            # "disconnected" of a capture live elsewhere, after that node's "resumed".
+            lost = close_code == CloseCode.SUPERSEDED or (stream.journal is None
+                                                          and not stream.finalized)
+            self._publish(EventKind.DISCONNECTED, stream, close_code=close_code,
+                          share=not lost)
 
     def storage_failed(self, stream: Stream, what: str) -> None:
         """A storage fault closed this stream's uplink with 1013 (§7): tell subscribers

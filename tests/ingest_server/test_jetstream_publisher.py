@@ -11,10 +11,13 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from ingest_server.storage.journal import Position
 from ingest_server.storage.store import StreamMeta
 from uplink.audio import AudioFormat, SampleType
 
@@ -22,6 +25,7 @@ nats = pytest.importorskip("nats") if not os.environ.get("CI") else __import__("
 
 from ingest_server.storage.jetstream import JetStreamStore  # noqa: E402
 from ingest_server.storage.jetstream import writer as writer_module  # noqa: E402
+from ingest_server.storage.jetstream.publisher import Publisher, PublishJob  # noqa: E402
 from ingest_server.storage.jetstream.writer import JetStreamWriter, WriterState  # noqa: E402
 from tools.nats_cluster import NatsCluster  # noqa: E402
 
@@ -132,3 +136,38 @@ def test_a_puback_that_never_comes_fails_the_sync_and_the_writer_goes_stale(
 
     with pytest.raises(OSError, match="stale"):
         append(writer, 0, 2, 1)
+
+
+@dataclass
+class Reply:
+    """What nats-py hands a subscription callback: subject, data, headers."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None = None
+
+
+@pytest.mark.parametrize("data", [b"not json", b'{"error": "x"}', b'{"stream": "S"}', b"[]"])
+def test_an_unreadable_puback_fails_the_sync_and_never_hangs(data: bytes) -> None:
+    """No real server sends these; a reply that cannot be read must still finish its job
+    (stale, 1013), or the stream's sync would wait forever (the job has left every table)."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        link = SimpleNamespace(loop=loop)
+
+        async def no_checkpoint(w: JetStreamWriter, n: int) -> None:
+            return None
+
+        publisher = Publisher(link, "S", no_checkpoint)  # type: ignore[arg-type]
+        publisher._prefix = "_INBOX.test."
+        writer = JetStreamWriter("s", "echopanel.audio.s", Position(0, 0, 0, 0, 0), 0, [],
+                                 "node", 1)
+        writer.append_audio(0, 1, 0, FRAME, frame(0, 0))
+        job = PublishJob(writer, writer.take_batch(), 0, loop.create_future())
+        publisher._awaiting[7] = job
+        await publisher._on_reply(Reply("_INBOX.test.7", data))
+        with pytest.raises(OSError, match="unreadable PubAck"):
+            await asyncio.wait_for(job.future, 5)
+        assert writer.state is WriterState.STALE
+
+    asyncio.run(scenario())

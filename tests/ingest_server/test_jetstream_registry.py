@@ -15,7 +15,7 @@ import pytest
 from ingest_server.config import ServerConfig
 from ingest_server.errors import TakenOver, storage_failure
 from ingest_server.events import EventKind
-from ingest_server.sessions import Registry
+from ingest_server.sessions import FOLLOW_POLL, Registry
 from ingest_server.storage.interface import StreamState
 from tests.support.clock import FakeClock
 from uplink.wire import Hello, Resume
@@ -138,3 +138,39 @@ def test_a_dead_nodes_stream_expires_on_another_node_and_can_be_reopened(
         assert back.stream.meta.reopened == 1 and back.stream.durable.next_seq == 4
 
     asyncio.run(asyncio.wait_for(later(), 30))
+
+
+def test_a_followed_stream_whose_wake_ups_are_lost_is_read_within_follow_poll(
+        two_nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The subscription that wakes a follower is a hint and can miss (a publish before the
+    interest reached the writer's NATS server, after a reconnect): the sweep's
+    poll_followed reads the tail of a followed stream FOLLOW_POLL after the last read, so a
+    listener never waits forever for audio, or an end, that is already durable."""
+    a, b = two_nodes
+    sid = f"reg-poll-{os.getpid()}"
+    monkeypatch.setattr(b.store, "watch", lambda stream_id, on_message: lambda: None)
+
+    async def scenario() -> None:
+        await a.registry.attach(Hello(sid, FMT, FRAME), FakeOwner())
+        followed = await b.registry.follow(sid)
+        assert followed is not None and followed.durable.next_seq == 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while b.registry._refreshing:  # follow()'s own first tail read
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        await write(a.registry, sid, 0, frames(6, 5))
+        await asyncio.sleep(0.2)  # what a wake-up would have taken, had one come
+        assert followed.durable.next_seq == 0 and not b.registry._refreshing
+        assert b.registry.poll_followed() == 0  # read at follow(): not due yet
+        b.clock.advance(FOLLOW_POLL)
+        assert b.registry.poll_followed() == 1
+        deadline = loop.time() + 10
+        while followed.durable.next_seq != 6:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        b.registry.unfollow(followed)
+        b.clock.advance(FOLLOW_POLL)
+        assert b.registry.poll_followed() == 0  # nobody follows it any more
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

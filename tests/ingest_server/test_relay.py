@@ -85,6 +85,10 @@ def test_local_events_go_out_and_remote_ones_reach_only_remote_subscribers() -> 
         assert (relay.sent, relay.received, relay.rejected) == (1, 1, 2)
         assert len(store.shared) == 1  # a relayed event is not sent on again
 
+        # a node that lost the stream keeps its `disconnected` to itself (sessions.detach)
+        bus.publish(EVENTS[2], share=False)
+        assert local_only.pending() == [EVENTS[2]] and len(store.shared) == 1
+
         relay.stop()
         bus.publish(EVENTS[4])
         assert store.stopped and len(store.shared) == 1

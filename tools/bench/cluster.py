@@ -226,7 +226,9 @@ def latency_and_catchup(settings: ClusterSettings, workdir: Path) -> dict[str, A
     return {"catchup_ms": summarize([r.transfer_s * 1000 for r in runs]),
             "catchup_x_realtime": summarize([settings.backlog_seconds / r.transfer_s
                                              for r in runs]),
-            "live": asdict(live), "identical": identical}
+            # latency.ours_once compares a local journal, which JetStream has not: the REST
+            # read-back above is the check
+            "live": {**asdict(live), "identical": identical}, "identical": identical}
 
 
 def run(settings: ClusterSettings, workdir: Path,

@@ -4,9 +4,8 @@ The storage contract (storage/interface.py) is blocking: the registry calls it f
 threads, but REST handlers and live listeners also call `open_wav` / `open_reader` / `read`
 on the server's event loop. nats-py is asyncio. Running the client on a private loop makes
 every blocking call safe from any thread (a call from the server's loop waits one round
-trip; it can never deadlock on itself), and the commit path crosses threads only twice per
-batch: `submit` hands the publish over, the PubAck resolves an asyncio future back on the
-server's loop (`asyncio.wrap_future`).
+trip; it can never deadlock on itself), and the commit path crosses threads in bulk
+(publisher.py: one wake-up carries every queued batch over, one carries every result back).
 
 nats-py is imported here, lazily (the `cluster` extra): the base install never loads it.
 """

@@ -135,19 +135,25 @@ class Publisher:
 
     async def _start_all(self, jobs: list[PublishJob]) -> None:
         for job in jobs:
-            writer = job.writer
-            if self._closed:
-                self._finish(job, OSError("JetStream store closed"))
-            elif writer.state is WriterState.FENCED:
-                self._finish(job, StreamFenced(f"stream {writer.stream_id} was taken over "
-                                               "by another node"))
-            elif writer.state is not WriterState.OWNER:
-                self._finish(job, OSError(f"stream {writer.stream_id}: writer is "
-                                          f"{writer.state.value}"))
-            elif not job.batch:
-                self._finish(job, None)
-            else:
-                await self._publish_next(job)
+            try:
+                await self._start(job)
+            except Exception as e:  # never lose a job: its stream's sync would wait forever
+                self._stale(job, OSError(f"JetStream publish failed: {type(e).__name__}"), e)
+
+    async def _start(self, job: PublishJob) -> None:
+        writer = job.writer
+        if self._closed:
+            self._finish(job, OSError("JetStream store closed"))
+        elif writer.state is WriterState.FENCED:
+            self._finish(job, StreamFenced(f"stream {writer.stream_id} was taken over "
+                                           "by another node"))
+        elif writer.state is not WriterState.OWNER:
+            self._finish(job, OSError(f"stream {writer.stream_id}: writer is "
+                                      f"{writer.state.value}"))
+        elif not job.batch:
+            self._finish(job, None)
+        else:
+            await self._publish_next(job)
 
     async def _publish_next(self, job: PublishJob) -> None:
         writer = job.writer
@@ -176,18 +182,28 @@ class Publisher:
         job = self._awaiting.pop(token, None)
         if job is None:
             return  # overdue and already failed by the sweeper
+        try:
+            await self._settle(job, msg)
+        except Exception as e:  # out of every table now: finish it, or its sync hangs
+            self._stale(job, OSError(f"JetStream publish failed: {type(e).__name__}"), e)
+
+    async def _settle(self, job: PublishJob, msg: Any) -> None:
+        """The PubAck of the job's current message: fenced, stale, the next message of
+        the chain, the gap checkpoint, or done."""
         writer = job.writer
         if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
             self._stale(job, OSError("JetStream publish failed: NoRespondersError"))
             return
         try:
             reply = json.loads(msg.data)
-            error = reply.get("error")
-            seq = None if error else int(reply["seq"])
+            error: dict[str, Any] = reply.get("error") or {}
+            if not isinstance(error, dict):
+                raise TypeError("error is not an object")
+            seq = 0 if error else int(reply["seq"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self._stale(job, OSError("JetStream publish failed: unreadable PubAck"), e)
             return
-        if seq is None:
+        if error:
             if error.get("err_code") == WRONG_LAST_SEQUENCE:
                 writer.fence()
                 log.warning("stream %s: fenced, another node wrote its subject",

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -104,6 +105,7 @@ class JetStreamStore:
                  connect_timeout: float = CONNECT_TIMEOUT,
                  max_item_bytes: int = 1 << 20) -> None:
         self.node = node
+        self._process_token = secrets.token_hex(8)  # events' sender (share_event)
         self.replicas = replicas
         self.min_replicas = min_replicas
         self.lease_seconds = lease_seconds
@@ -523,13 +525,17 @@ class JetStreamStore:
         return stop
 
     def share_event(self, payload: bytes) -> None:
-        self.link.spawn(self.link.nc.publish(EVENTS_SUBJECT, payload,
-                                             headers={NODE_HEADER: self.node}))
+        nc = self.link.nc
+        if nc is None or not nc.is_connected:
+            return  # nats-py would buffer it and send it late, stale: drop it (relay.py)
+        self.link.spawn(nc.publish(EVENTS_SUBJECT, payload,
+                                   headers={NODE_HEADER: self._process_token}))
 
     def shared_events(self, on_payload: Callable[[bytes], None]) -> Callable[[], None]:
-        """Every other node's events (this node's own come back too: skipped here)."""
+        """Every other node's events (this process's own come back too: skipped here by
+        a random per-process token, not the node name, which two hosts may share)."""
         async def deliver(msg: Any) -> None:
-            if (msg.headers or {}).get(NODE_HEADER) != self.node:
+            if (msg.headers or {}).get(NODE_HEADER) != self._process_token:
                 on_payload(msg.data)
 
         sub = self.link.call(self.link.nc.subscribe(EVENTS_SUBJECT, cb=deliver))
