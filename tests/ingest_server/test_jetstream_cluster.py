@@ -124,8 +124,10 @@ def test_acked_data_survives_the_loss_and_restart_of_nats_nodes(cluster: NatsClu
             commit(store, writer)
         cluster.start(0)  # returns once it has caught up (/healthz)
         # read through the restarted node only: its copy has what was acked without it
+        # A node just restarted may answer JetStream API requests only after its peers
+        # settle (seen: over 10 s, rarely): the store retries its set-up that long.
         reader = JetStreamStore(cluster.url(0), node="reader", replicas=3, min_replicas=3,
-                                lease_seconds=10.0, renew=False)
+                                lease_seconds=10.0, renew=False, connect_timeout=45.0)
         try:
             pos = reader.durable_position(meta)
             assert (pos.next_seq, pos.frames) == (40, 40)
