@@ -1,7 +1,8 @@
 """Smoke test of the scale-out benchmark (tools/bench/cluster.py): `--only cluster` runs end
 to end in its tiny configuration (1 NATS node, 1 and 2 ingest processes, 4 streams) and the
 correctness checks built into it hold: no frame lost at that load, the audio of the catch-up
-and live runs read back over REST identical. No timing assertions (docs/performance.md)."""
+and live runs read back over REST identical; the "own core" searches ran. No timing
+assertions (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -27,5 +28,10 @@ def test_the_cluster_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
         assert steps and steps[0]["frames_lost"] == 0 and steps[0]["frames_sent"] > 0
         assert steps[0]["ingest_cpu"] > 0
     assert results["identical"] is True
+    if len(os.sched_getaffinity(0)) >= 2:  # a core of its own, each side (affinity.py)
+        own = results["own_core"]
+        assert own["jetstream"]["steps"][0]["frames_lost"] == 0
+        assert own["local"]["steps"], own
+        assert own["split"]["server"] and own["split"]["rest"]
     assert results["catchup_x_realtime"]["n"] == 1
     assert "| 7 scale-out |" in (out / "results.md").read_text()

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.bench.affinity import core_split, pin_all
 from tools.bench.loadgen import LoadResult, LoadRun, Protocol, merge
 from tools.bench.profiling import finish_record, start_record
 from tools.bench.report import Row
@@ -46,6 +47,9 @@ class CapacitySettings:
     # with one fsync per stream (the earlier design). "ours-nofsync" (acks not durable) can
     # be asked for with --capacity-targets.
     targets: tuple[Target, ...] = ("ours", "baseline", "baseline-global", "ours-fsync")
+    # The server on a core of its own, everything else on the others (affinity.py): the
+    # scale-out benchmark's like-for-like reference (tools/bench/cluster.py).
+    own_core: bool = False
 
 
 @dataclass(slots=True)
@@ -97,7 +101,12 @@ def run_step(target: Target, n: int, settings: CapacitySettings, workdir: Path,
         load = LoadRun(protocol, server.port, n, workers=settings.workers,
                        seconds=settings.step_seconds, prefix=f"cap{n}",
                        drain_timeout=settings.drain_timeout)
+        split = core_split() if settings.own_core else None
+        if split is not None:
+            pin_all(split, [server.pid], load.pids)
         load.wait_ready(timeout=60.0 + n * 0.05)
+        if split is not None:  # again: threads the connections started
+            pin_all(split, [server.pid], load.pids)
         t0 = time.monotonic() + 0.5
         load.start(t0)
         time.sleep(max(0.0, t0 - time.monotonic()))

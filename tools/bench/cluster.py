@@ -17,6 +17,12 @@ CPU-second (N / the ingest processes' summed CPU share at the best passing step)
 core given to ingest processes carries, the number that scales where CPU is free. The NATS
 nodes' CPU share is reported too: with R3 every node stores every byte.
 
+"A core of its own" (`own_core`): the same search for one JetStream-backed ingest process
+and for the local store with the ingest process pinned to one CPU and everything else (NATS,
+generators, this process) to the others (affinity.py) — one process against one process,
+each with a core, which is the issue's "one JetStream-backed process vs the local store"
+without three NATS nodes taking their CPU from the process being measured.
+
 Catch-up and live latency: benchmark 1's and 2's uplink runs (catchup.ours_once,
 latency.ours_once) against one ingest process on the JetStream store, the stored audio read
 back over REST and compared with what was sent.
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench import capacity, catchup, latency
+from tools.bench.affinity import CoreSplit, core_split, pin_all, this_process_on
 from tools.bench.common import FRAME_PERIOD, SPEECH, pcm
 from tools.bench.loadgen import LoadResult, LoadRun, WorkerResult, merge
 from tools.bench.report import Row
@@ -62,6 +69,7 @@ class ClusterSettings:
     backlog_seconds: float = 60.0
     catchup_repeats: int = 3
     latency_seconds: float = 15.0
+    own_core: bool = True  # also measure 1 process vs the local store, each on its own core
 
 
 SETTINGS = {
@@ -111,8 +119,10 @@ def _nats_pids(cluster: Cluster) -> list[int]:
     return [node.proc.pid for node in cluster.nats.nodes if node.proc is not None]
 
 
-def run_step(cluster: Cluster, n: int, settings: ClusterSettings, tag: str) -> ClusterStep:
-    """N streams dealt over the cluster's nodes, each node fed by its own generator(s)."""
+def run_step(cluster: Cluster, n: int, settings: ClusterSettings, tag: str,
+             split: CoreSplit | None = None) -> ClusterStep:
+    """N streams dealt over the cluster's nodes, each node fed by its own generator(s);
+    with `split`, the ingest processes on its server core and the rest on the others."""
     k = len(cluster.nodes)
     shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
     per_node_workers = max(1, settings.workers // k)
@@ -123,10 +133,15 @@ def run_step(cluster: Cluster, n: int, settings: ClusterSettings, tag: str) -> C
                 loads.append(LoadRun("v1", node.port, count, workers=per_node_workers,
                                      seconds=settings.step_seconds, prefix=f"{tag}-{n}-{i}",
                                      drain_timeout=settings.drain_timeout))
-        for load in loads:
-            load.wait_ready(timeout=60.0 + n * 0.05)
         ingest = [node.proc.pid for node in cluster.nodes if node.proc is not None]
         nats = _nats_pids(cluster)
+        generators = [pid for load in loads for pid in load.pids]
+        if split is not None:
+            pin_all(split, ingest, nats + generators)
+        for load in loads:
+            load.wait_ready(timeout=60.0 + n * 0.05)
+        if split is not None:  # again: threads started since
+            pin_all(split, ingest, nats + generators)
         t0 = time.monotonic() + 0.5
         for load in loads:
             load.start(t0)
@@ -149,7 +164,8 @@ def run_step(cluster: Cluster, n: int, settings: ClusterSettings, tag: str) -> C
 
 
 def search(nodes: int, settings: ClusterSettings, workdir: Path,
-           log: Callable[[str], None] = print) -> ClusterSearch:
+           log: Callable[[str], None] = print, split: CoreSplit | None = None
+           ) -> ClusterSearch:
     """Benchmark 3's search (double, then bisect) on one cluster of `nodes` ingest nodes."""
     out = ClusterSearch(nodes)
     deadline = time.monotonic() + settings.budget_seconds
@@ -165,13 +181,14 @@ def search(nodes: int, settings: ClusterSettings, workdir: Path,
         # next one, and past --max-streams refuse new ones with 1013.
         where = workdir / f"cluster-{nodes}-{n}"
         with Cluster(where, nodes=nodes, nats_nodes=settings.nats_nodes) as cluster:
-            step = run_step(cluster, n, settings, f"cap{nodes}")
+            step = run_step(cluster, n, settings, f"cap{nodes}", split)
         shutil.rmtree(where, ignore_errors=True)  # hundreds of MB of audio, three times
         last_step = time.monotonic() - began
         v = capacity.verdict(step.load, settings.p99_limit_ms)
         out.steps.append(step)
         out.verdicts.append(v)
-        log(f"  cluster {nodes} node(s): {n} streams: p99 {step.load.p99_ms:.1f} ms, "
+        log(f"  cluster {nodes} node(s){' (own core)' if split else ''}: {n} streams: "
+            f"p99 {step.load.p99_ms:.1f} ms, "
             f"ingest cpu {step.ingest_cpu:.0%}, NATS cpu {step.nats_cpu:.0%}, "
             f"generators {step.load.generator_cpu:.0%}: {v}")
         if v == "pass":
@@ -200,6 +217,55 @@ def _wav_pcm(http: str, stream_id: str) -> bytes:
     with urllib.request.urlopen(f"{http}/v1/streams/{stream_id}/audio.wav", timeout=60) as r:
         body: bytes = r.read()
     return body[44:]
+
+
+@dataclass(slots=True)
+class OwnCoreResult:
+    """One JetStream-backed ingest process and the local store, each on a core of its own."""
+
+    split: CoreSplit
+    jetstream: ClusterSearch
+    local: capacity.SearchResult
+    jetstream_replicas: int
+
+    def rows(self) -> list[Row]:
+        js, local = self.jetstream, self.local
+        ratio = js.best / local.best if local.best else float("nan")
+        where = f"a core of its own ({self.split.describe()})"
+        return [
+            Row("7 scale-out", f"local store, {where}: streams",
+                _show(local.best, local.smallest_failure, local.bounded_by_time), "—", "—",
+                "(reference)", None),
+            Row("7 scale-out", f"JetStream (R{self.jetstream_replicas}), 1 ingest process, "
+                "a core of its own: streams",
+                _show(js.best, js.smallest_failure, js.bounded_by_time), "—", "—", "—", None),
+            Row("7 scale-out", "one JetStream process vs the local store, each on a core of "
+                "its own (streams)", f"{ratio:.2f}", "1", f"{ratio:.2f}",
+                f"≥ {TARGET_VS_LOCAL}", ratio >= TARGET_VS_LOCAL if ratio == ratio else None),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"split": {"server": sorted(self.split.server), "rest": sorted(self.split.rest)},
+                "jetstream": self.jetstream.to_json(), "local": self.local.to_json()}
+
+
+def own_core_searches(settings: ClusterSettings, workdir: Path,
+                      log: Callable[[str], None] = print) -> OwnCoreResult | None:
+    """Capacity of one JetStream-backed process and of the local store, the ingest process
+    pinned to one CPU and everything else to the others (affinity.py). None on one CPU."""
+    split = core_split()
+    if split is None:
+        log("  own core: skipped, this machine lets us use one CPU")
+        return None
+    log(f"  own core: {split.describe()}")
+    with this_process_on(split.rest):  # what this process starts inherits the mask
+        js = search(1, settings, workdir, log, split)
+        local = capacity.search("ours", replace(
+            capacity.CapacitySettings(), step_seconds=settings.step_seconds,
+            start=settings.start, max_streams=settings.max_streams,
+            budget_seconds=settings.budget_seconds, workers=settings.workers,
+            precision=settings.precision, targets=("ours",), own_core=True), workdir, log)
+    return OwnCoreResult(split, js, local, settings.nats_nodes)
 
 
 def latency_and_catchup(settings: ClusterSettings, workdir: Path) -> dict[str, Any]:
@@ -241,6 +307,7 @@ def run(settings: ClusterSettings, workdir: Path,
             start=settings.start, max_streams=settings.max_streams,
             budget_seconds=settings.budget_seconds, workers=settings.workers,
             precision=settings.precision, targets=("ours",)), workdir, log)
+    own = own_core_searches(settings, workdir, log) if settings.own_core else None
     timing = latency_and_catchup(settings, workdir)
 
     rows: list[Row] = []
@@ -280,6 +347,8 @@ def run(settings: ClusterSettings, workdir: Path,
         rows.append(Row("7 scale-out", "one JetStream process vs the local store (streams)",
                         f"{vs_local:.2f}", "1", f"{vs_local:.2f}", f"≥ {TARGET_VS_LOCAL}",
                         vs_local >= TARGET_VS_LOCAL))
+    if own is not None:
+        rows += own.rows()
     cx, live = timing["catchup_x_realtime"], timing["live"]
     rows += [
         Row("7 scale-out", f"JetStream: {settings.backlog_seconds:g} s backlog acked (ms)",
@@ -297,7 +366,8 @@ def run(settings: ClusterSettings, workdir: Path,
     ]
     results: dict[str, Any] = {"settings": asdict(settings),
                                "jetstream": {str(k): s.to_json() for k, s in found.items()},
-                               "local": local.to_json() if local else None, **timing}
+                               "local": local.to_json() if local else None,
+                               "own_core": own.to_json() if own else None, **timing}
     best_steps = {k: s.best_step() for k, s in found.items()}
     results["per_cpu_second"] = {str(k): step.per_cpu_second
                                  for k, step in best_steps.items() if step is not None}
