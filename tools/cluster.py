@@ -52,13 +52,14 @@ class Cluster:
 
     def __init__(self, base_dir: Path, *, nodes: int = 3, nats_nodes: int = 3,
                  profile: str = "development", balancer_port: int = 0,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), sync_always: bool = False) -> None:
         if nodes < 1 or nats_nodes < 1:
             raise ValueError("a cluster has at least one ingest node and one NATS node")
         self.base_dir = Path(base_dir)
         self.profile = profile
         self.nats_nodes = nats_nodes
         self.extra_args = list(extra_args)
+        self.sync_always = sync_always  # NATS `sync_interval: always` (docs/scale-out.md)
         self._node_count = nodes
         self._balancer_port = balancer_port
         self._nats: NatsCluster | None = None
@@ -97,7 +98,8 @@ class Cluster:
 
         self.base_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._nats = NatsCluster(self.base_dir / "nats", size=self.nats_nodes)
+            self._nats = NatsCluster(self.base_dir / "nats", size=self.nats_nodes,
+                                     sync_always=self.sync_always)
             self._nats.start_all()
             for i in range(self._node_count):
                 node = IngestServer(self.base_dir / f"node{i}", args=[
@@ -221,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "temporary directory, kept afterwards)")
     p.add_argument("--profile", choices=("development", "production"), default="development",
                    help="the ingest nodes' profile (default %(default)s)")
+    p.add_argument("--sync-always", action="store_true",
+                   help="NATS fsyncs every JetStream write (sync_interval: always, the "
+                   "production setting, docs/scale-out.md)")
     return p
 
 
@@ -238,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"cluster: starting {args.nats} NATS nodes, {args.nodes} ingest nodes and the "
           f"balancer in {base} ...", flush=True)
     with Cluster(base, nodes=args.nodes, nats_nodes=args.nats, profile=args.profile,
-                 balancer_port=args.port) as cluster:
+                 balancer_port=args.port, sync_always=args.sync_always) as cluster:
         for line in describe(cluster):
             print(f"cluster: {line}")
         paste = commands(cluster)

@@ -1,8 +1,8 @@
 """Smoke test of the scale-out benchmark (tools/bench/cluster.py): `--only cluster` runs end
 to end in its tiny configuration (1 NATS node, 1 and 2 ingest processes, 4 streams) and the
 correctness checks built into it hold: no frame lost at that load, the audio of the catch-up
-and live runs read back over REST identical; the "own core" searches ran. No timing
-assertions (docs/performance.md)."""
+and live runs read back over REST identical; the "own core" searches and the equal-load
+steps ran. No timing assertions (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -33,5 +33,10 @@ def test_the_cluster_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
         assert own["jetstream"]["steps"][0]["frames_lost"] == 0
         assert own["local"]["steps"], own
         assert own["split"]["server"] and own["split"]["rest"]
+    synced = results["sync_always"]  # NATS with sync_interval: always
+    assert synced["identical"] is True and synced["capacity"]["steps"]
+    equal = results["equal_load"]
+    assert set(equal["steps"]) == {"1", "2"} and equal["per_node"] == 2
+    assert all(step["frames_lost"] == 0 for step in equal["steps"].values())
     assert results["catchup_x_realtime"]["n"] == 1
     assert "| 7 scale-out |" in (out / "results.md").read_text()

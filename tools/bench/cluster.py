@@ -23,6 +23,10 @@ generators, this process) to the others (affinity.py) — one process against on
 each with a core, which is the issue's "one JetStream-backed process vs the local store"
 without three NATS nodes taking their CPU from the process being measured.
 
+Equal load per node (`equal_load_per_node`): 1, 2 and 3 nodes each given the same number
+of streams, below the machine's limit; the ingest CPU per node should not grow with the
+number of nodes if nodes add capacity linearly where CPU is free (EqualLoad).
+
 Catch-up and live latency: benchmark 1's and 2's uplink runs (catchup.ours_once,
 latency.ours_once) against one ingest process on the JetStream store, the stored audio read
 back over REST and compared with what was sent.
@@ -70,6 +74,10 @@ class ClusterSettings:
     catchup_repeats: int = 3
     latency_seconds: float = 15.0
     own_core: bool = True  # also measure 1 process vs the local store, each on its own core
+    equal_load_per_node: int = 50  # streams per node for the equal-load CPU comparison
+    # NATS with `sync_interval: always` (the production config, docs/scale-out.md): one
+    # ingest process's capacity, catch-up and live latency again, each write fsynced
+    sync_always_reference: bool = True
 
 
 SETTINGS = {
@@ -77,6 +85,7 @@ SETTINGS = {
     "full": ClusterSettings(step_seconds=30.0, budget_seconds=300.0, catchup_repeats=7,
                             latency_seconds=60.0),
     "smoke": ClusterSettings(node_counts=(1, 2), nats_nodes=1, step_seconds=1.0, start=4,
+                             equal_load_per_node=2,
                              max_streams=4, budget_seconds=30.0, local_reference=False,
                              backlog_seconds=2.0, catchup_repeats=1, latency_seconds=0.5),
 }
@@ -164,8 +173,8 @@ def run_step(cluster: Cluster, n: int, settings: ClusterSettings, tag: str,
 
 
 def search(nodes: int, settings: ClusterSettings, workdir: Path,
-           log: Callable[[str], None] = print, split: CoreSplit | None = None
-           ) -> ClusterSearch:
+           log: Callable[[str], None] = print, split: CoreSplit | None = None,
+           sync_always: bool = False) -> ClusterSearch:
     """Benchmark 3's search (double, then bisect) on one cluster of `nodes` ingest nodes."""
     out = ClusterSearch(nodes)
     deadline = time.monotonic() + settings.budget_seconds
@@ -180,14 +189,16 @@ def search(nodes: int, settings: ClusterSettings, workdir: Path,
         # every earlier step's streams (open and resumable, their leases renewed) into the
         # next one, and past --max-streams refuse new ones with 1013.
         where = workdir / f"cluster-{nodes}-{n}"
-        with Cluster(where, nodes=nodes, nats_nodes=settings.nats_nodes) as cluster:
+        with Cluster(where, nodes=nodes, nats_nodes=settings.nats_nodes,
+                     sync_always=sync_always) as cluster:
             step = run_step(cluster, n, settings, f"cap{nodes}", split)
         shutil.rmtree(where, ignore_errors=True)  # hundreds of MB of audio, three times
         last_step = time.monotonic() - began
         v = capacity.verdict(step.load, settings.p99_limit_ms)
         out.steps.append(step)
         out.verdicts.append(v)
-        log(f"  cluster {nodes} node(s){' (own core)' if split else ''}: {n} streams: "
+        how = (" (own core)" if split else "") + (" (sync always)" if sync_always else "")
+        log(f"  cluster {nodes} node(s){how}: {n} streams: "
             f"p99 {step.load.p99_ms:.1f} ms, "
             f"ingest cpu {step.ingest_cpu:.0%}, NATS cpu {step.nats_cpu:.0%}, "
             f"generators {step.load.generator_cpu:.0%}: {v}")
@@ -268,14 +279,77 @@ def own_core_searches(settings: ClusterSettings, workdir: Path,
     return OwnCoreResult(split, js, local, settings.nats_nodes)
 
 
-def latency_and_catchup(settings: ClusterSettings, workdir: Path) -> dict[str, Any]:
+@dataclass(slots=True)
+class EqualLoad:
+    """The same load per node on 1, 2 and 3 nodes: the ingest CPU each node spends on it.
+
+    Where CPU is free, k nodes carry k times one node's streams exactly when each of them
+    spends no more CPU on its share than one node alone spends on the same share: nothing
+    in the shared store (lease renewals, PubAcks, KV) grows with the number of nodes. So
+    this compares CPU per node at equal per-node load, below the machine's limit, where the
+    capacity totals on 2 shared cores cannot show it."""
+
+    per_node: int
+    steps: dict[int, ClusterStep] = field(default_factory=dict)
+    verdicts: dict[int, str] = field(default_factory=dict)
+
+    def efficiency(self, k: int) -> float:
+        """One node's ingest CPU over the mean per node of k nodes (1.0: linear)."""
+        one, many = self.steps.get(1), self.steps.get(k)
+        if one is None or many is None or not many.ingest_cpu:
+            return float("nan")
+        return one.ingest_cpu / (many.ingest_cpu / k)
+
+    def rows(self) -> list[Row]:
+        rows: list[Row] = []
+        one = self.steps.get(1)
+        for k, step in self.steps.items():
+            if k == 1 or one is None:
+                continue
+            eff = self.efficiency(k)
+            met = eff >= TARGET_PER_NODE and all(v == "pass" for v in self.verdicts.values())
+            rows.append(Row("7 scale-out", f"{k} nodes at {self.per_node} streams each: "
+                            "ingest CPU per node vs 1 node at the same load (efficiency)",
+                            f"{eff:.2f} ({one.ingest_cpu:.0%} vs {step.ingest_cpu / k:.0%} "
+                            "per node)", "—", "—", f"≥ {TARGET_PER_NODE} where CPU is free",
+                            met if eff == eff else None))
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {"per_node": self.per_node,
+                "steps": {str(k): dict(s.load.to_json(), ingest_cpu=s.ingest_cpu,
+                                       nats_cpu=s.nats_cpu, verdict=self.verdicts[k])
+                          for k, s in self.steps.items()},
+                "efficiency": {str(k): self.efficiency(k) for k in self.steps if k != 1}}
+
+
+def equal_load(settings: ClusterSettings, workdir: Path,
+               log: Callable[[str], None] = print) -> EqualLoad:
+    """One step per node count with `equal_load_per_node` streams on every node."""
+    out = EqualLoad(settings.equal_load_per_node)
+    for k in settings.node_counts:
+        n = k * settings.equal_load_per_node
+        where = workdir / f"cluster-equal-{k}"
+        with Cluster(where, nodes=k, nats_nodes=settings.nats_nodes) as cluster:
+            step = run_step(cluster, n, settings, f"eq{k}")
+        shutil.rmtree(where, ignore_errors=True)
+        out.steps[k] = step
+        out.verdicts[k] = capacity.verdict(step.load, settings.p99_limit_ms)
+        log(f"  equal load, {k} node(s) x {settings.equal_load_per_node}: ingest cpu "
+            f"{step.ingest_cpu:.0%} ({step.ingest_cpu / k:.0%} per node), NATS cpu "
+            f"{step.nats_cpu:.0%}: {out.verdicts[k]}")
+    return out
+
+
+def latency_and_catchup(settings: ClusterSettings, workdir: Path,
+                        sync_always: bool = False) -> dict[str, Any]:
     """One ingest process on the JetStream store (R = nats_nodes): benchmark 1's catch-up
     runs and one benchmark 2 live run, each checked against the audio read back over REST."""
     payload = pcm(SPEECH, settings.backlog_seconds)
     runs: list[catchup.CatchupRun] = []
     identical = True
-    with Cluster(workdir / "cluster-latency", nodes=1,
-                 nats_nodes=settings.nats_nodes) as cluster:
+    with Cluster(workdir / f"cluster-latency{'-sync' if sync_always else ''}", nodes=1,
+                 nats_nodes=settings.nats_nodes, sync_always=sync_always) as cluster:
         node = cluster.nodes[0]
         for i in range(settings.catchup_repeats + 1):  # the first is a warm-up
             sid = f"js-catchup-{i}"
@@ -297,6 +371,24 @@ def latency_and_catchup(settings: ClusterSettings, workdir: Path) -> dict[str, A
             "live": {**asdict(live), "identical": identical}, "identical": identical}
 
 
+def _timing_rows(label: str, timing: dict[str, Any], settings: ClusterSettings) -> list[Row]:
+    cx, live = timing["catchup_x_realtime"], timing["live"]
+    return [
+        Row("7 scale-out", f"{label}: {settings.backlog_seconds:g} s backlog acked (ms)",
+            timing["catchup_ms"].fmt(1), "—", "—",
+            f"≤ {settings.backlog_seconds * 1000 / TARGET_CATCHUP_X:g} ms",
+            cx.median >= TARGET_CATCHUP_X),
+        Row("7 scale-out", f"{label}: catch-up speed (× real time)", cx.fmt(0), "—", "—",
+            f"≥ {TARGET_CATCHUP_X:g}×", cx.median >= TARGET_CATCHUP_X),
+        Row("7 scale-out", f"{label}: live frame → ack p50 / p99 (ms)",
+            f"{live['p50_ms']:.2f} / {live['p99_ms']:.2f}", "—", "—",
+            f"p99 ≤ {TARGET_P99_MS:g} ms", live["p99_ms"] <= TARGET_P99_MS),
+        Row("7 scale-out", f"{label}: stored audio identical (read over REST)",
+            "yes" if timing["identical"] else "NO", "—", "—", "every run",
+            bool(timing["identical"])),
+    ]
+
+
 def run(settings: ClusterSettings, workdir: Path,
         log: Callable[[str], None] = print) -> tuple[dict[str, Any], list[Row]]:
     found = {k: search(k, settings, workdir, log) for k in settings.node_counts}
@@ -308,7 +400,12 @@ def run(settings: ClusterSettings, workdir: Path,
             budget_seconds=settings.budget_seconds, workers=settings.workers,
             precision=settings.precision, targets=("ours",)), workdir, log)
     own = own_core_searches(settings, workdir, log) if settings.own_core else None
+    equal = equal_load(settings, workdir, log)
     timing = latency_and_catchup(settings, workdir)
+    synced: dict[str, Any] | None = None
+    if settings.sync_always_reference:
+        synced = {"capacity": search(1, settings, workdir, log, sync_always=True),
+                  **latency_and_catchup(settings, workdir, sync_always=True)}
 
     rows: list[Row] = []
     one = found.get(1)
@@ -349,25 +446,26 @@ def run(settings: ClusterSettings, workdir: Path,
                         vs_local >= TARGET_VS_LOCAL))
     if own is not None:
         rows += own.rows()
-    cx, live = timing["catchup_x_realtime"], timing["live"]
-    rows += [
-        Row("7 scale-out", f"JetStream: {settings.backlog_seconds:g} s backlog acked (ms)",
-            timing["catchup_ms"].fmt(1), "—", "—",
-            f"≤ {settings.backlog_seconds * 1000 / TARGET_CATCHUP_X:g} ms",
-            cx.median >= TARGET_CATCHUP_X),
-        Row("7 scale-out", "JetStream: catch-up speed (× real time)", cx.fmt(0), "—", "—",
-            f"≥ {TARGET_CATCHUP_X:g}×", cx.median >= TARGET_CATCHUP_X),
-        Row("7 scale-out", "JetStream: live frame → ack p50 / p99 (ms)",
-            f"{live['p50_ms']:.2f} / {live['p99_ms']:.2f}", "—", "—",
-            f"p99 ≤ {TARGET_P99_MS:g} ms", live["p99_ms"] <= TARGET_P99_MS),
-        Row("7 scale-out", "JetStream: stored audio identical (read over REST)",
-            "yes" if timing["identical"] else "NO", "—", "—", "every run",
-            bool(timing["identical"])),
-    ]
+    rows += equal.rows()
+    rows += _timing_rows("JetStream", timing, settings)
+    if synced is not None:
+        cap: ClusterSearch = synced["capacity"]
+        step = cap.best_step()
+        cpu = (f"; ingest cpu {step.ingest_cpu:.0%}, NATS cpu {step.nats_cpu:.0%}, "
+               f"p99 {step.load.p99_ms:.0f} ms") if step else ""
+        rows.append(Row("7 scale-out", f"JetStream (R{settings.nats_nodes}), sync_interval: "
+                        f"always, 1 ingest process: streams (per ingest CPU-s){cpu}",
+                        _show(cap.best, cap.smallest_failure, cap.bounded_by_time)
+                        + (f" ({step.per_cpu_second:.0f})" if step else ""), "—", "—", "—",
+                        None))
+        rows += _timing_rows("JetStream, sync_interval: always", synced, settings)
     results: dict[str, Any] = {"settings": asdict(settings),
                                "jetstream": {str(k): s.to_json() for k, s in found.items()},
                                "local": local.to_json() if local else None,
-                               "own_core": own.to_json() if own else None, **timing}
+                               "own_core": own.to_json() if own else None,
+                               "equal_load": equal.to_json(), **timing}
+    if synced is not None:
+        results["sync_always"] = {**synced, "capacity": synced["capacity"].to_json()}
     best_steps = {k: s.best_step() for k, s in found.items()}
     results["per_cpu_second"] = {str(k): step.per_cpu_second
                                  for k, step in best_steps.items() if step is not None}
