@@ -34,7 +34,7 @@ from .metrics import Gauges, Metrics, WebhookTotals
 from .relay import EventRelay
 from .sessions import Registry
 from .storage import Store, is_valid_stream_id
-from .storage.interface import SharedStorage, StreamMeta, StreamStorage
+from .storage.interface import SharedStorage, StreamStorage
 from .storage.lock import DataDirLock
 from .stream import Stream
 from .webhooks import WebhookDispatcher
@@ -106,7 +106,7 @@ class IngestService:
                                          streams=self.registry.streams)
         self.webhooks = WebhookDispatcher(config, self.registry.events,
                                           config.data_dir / WEBHOOK_OUTBOX_DIR, self.executor,
-                                          describe=self._describe)
+                                          describe=self.registry.describe)
         # Shared store: discovery and listeners hear of every node's streams (relay.py)
         self.relay = (EventRelay(self.registry.events, self.shared)
                       if self.shared is not None else None)
@@ -123,10 +123,6 @@ class IngestService:
                              dropped=stats.total("dropped"), lost=stats.lost,
                              queued=stats.total("queued"))
 
-    def _describe(self, stream_id: str) -> StreamMeta | None:
-        """A stream's meta from memory (webhook payloads): no store read, any backend."""
-        stream = self.registry.streams.get(stream_id)
-        return None if stream is None else stream.meta
 
     async def start(self) -> None:
         """Recover every stream before the first connection is accepted."""

@@ -17,6 +17,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -64,6 +65,7 @@ SHARED_EXISTS = ("stream id taken by a stream in the cluster: only its resume cr
 EXPIRY_RETRY = 30.0  # seconds before retrying an expiry whose finalization failed
 FOLLOW_POLL = 2.0  # seconds without a wake-up before a followed stream's tail is read anyway
 DAY = 86400.0
+EXPIRED_ORPHANS_KEPT = 1024  # final metas kept for describe(): a webhook is built at once
 
 
 # Events that carry the stream's duplicates count (events.py): replays per connection.
@@ -112,6 +114,15 @@ class Registry:
         self._refreshing: set[Stream] = set()  # followed streams whose tail is being read
         self._refresh_again: set[Stream] = set()  # ... and written again meanwhile
         self._tail_read_at: dict[Stream, float] = {}  # followed stream -> last tail read
+        # final meta of the dead nodes' streams this node expired: held nowhere else here,
+        # and the webhook payload needs its format and totals (describe)
+        self._expired_orphans: OrderedDict[str, StreamMeta] = OrderedDict()
+
+    def describe(self, stream_id: str) -> StreamMeta | None:
+        """A stream's meta from memory, no store read: the streams held here, and the dead
+        nodes' streams this node expired (webhook payloads: format, frames, gaps)."""
+        stream = self.streams.get(stream_id)
+        return stream.meta if stream is not None else self._expired_orphans.get(stream_id)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -560,6 +571,9 @@ class Registry:
                 log.warning("cannot expire orphaned stream %s: %s", meta.stream_id, e)
                 continue
             self.metrics.streams_expired += 1
+            self._expired_orphans[meta.stream_id] = final
+            while len(self._expired_orphans) > EXPIRED_ORPHANS_KEPT:
+                self._expired_orphans.popitem(last=False)
             # announced here, on the node that expired it: relayed to every node (relay.py)
             self.events.publish(StreamEvent(EventKind.FINALIZED, meta.stream_id,
                                             writer.next_sample, self.wall(),

@@ -133,6 +133,11 @@ def test_a_dead_nodes_stream_expires_on_another_node_and_can_be_reopened(
         meta = b.store.lookup(sid)
         assert meta is not None and meta.state is StreamState.FINALIZED
         assert meta.next_seq == 4 and meta.end_reason == "expired"
+        # B keeps its final meta in memory: the `stream.expired` webhook it sends carries
+        # the format and totals (webhooks.build_payload), though B never held the stream
+        described = b.registry.describe(sid)
+        assert described is not None and described.frames == 4
+        assert described.format.sample_rate == FMT.sample_rate
         back = await b.registry.attach(Hello(sid, FMT, FRAME, Resume(1, credential)),
                                        FakeOwner())
         assert back.stream.meta.reopened == 1 and back.stream.durable.next_seq == 4
