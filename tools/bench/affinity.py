@@ -59,6 +59,18 @@ def pin_all(split: CoreSplit, servers: Iterable[int], others: Iterable[int]) -> 
         pin_process(pid, split.rest)
 
 
+def check_pinned(pid: int, cpus: Iterable[int]) -> None:
+    """Raise unless every thread of `pid` runs on `cpus` only: a run that believes it
+    measured a pinned process must have measured one."""
+    want = set(cpus)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            got = os.sched_getaffinity(int(tid))
+            if got != want:
+                raise RuntimeError(f"thread {tid} of {pid} runs on CPUs {sorted(got)}, "
+                                   f"not {sorted(want)}")
+
+
 @contextlib.contextmanager
 def this_process_on(cpus: Iterable[int]) -> Iterator[None]:
     """Run the benchmark process (and what it starts meanwhile) on `cpus`, then restore."""

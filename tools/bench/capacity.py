@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.bench.affinity import core_split, pin_all
+from tools.bench.affinity import CoreSplit, check_pinned, pin_all
 from tools.bench.loadgen import LoadResult, LoadRun, Protocol, merge
 from tools.bench.profiling import finish_record, start_record
 from tools.bench.report import Row
@@ -47,9 +47,6 @@ class CapacitySettings:
     # with one fsync per stream (the earlier design). "ours-nofsync" (acks not durable) can
     # be asked for with --capacity-targets.
     targets: tuple[Target, ...] = ("ours", "baseline", "baseline-global", "ours-fsync")
-    # The server on a core of its own, everything else on the others (affinity.py): the
-    # scale-out benchmark's like-for-like reference (tools/bench/cluster.py).
-    own_core: bool = False
 
 
 @dataclass(slots=True)
@@ -90,8 +87,10 @@ def verdict(res: LoadResult, p99_limit_ms: float) -> str:
 
 
 def run_step(target: Target, n: int, settings: CapacitySettings, workdir: Path,
-             profile: Path | None = None) -> LoadResult:
-    """One step; with `profile`, py-spy samples the server during the streaming window."""
+             profile: Path | None = None, split: CoreSplit | None = None) -> LoadResult:
+    """One step; with `profile`, py-spy samples the server during the streaming window;
+    with `split`, the server runs on its server core and the generators on the others (the
+    scale-out benchmark's like-for-like reference, tools/bench/cluster.py)."""
     protocol: Protocol = "v1" if target.startswith("ours") else "baseline"
     data_dir = workdir / f"{target}-capacity"
     server = make_server(target, data_dir)
@@ -101,12 +100,12 @@ def run_step(target: Target, n: int, settings: CapacitySettings, workdir: Path,
         load = LoadRun(protocol, server.port, n, workers=settings.workers,
                        seconds=settings.step_seconds, prefix=f"cap{n}",
                        drain_timeout=settings.drain_timeout)
-        split = core_split() if settings.own_core else None
         if split is not None:
             pin_all(split, [server.pid], load.pids)
         load.wait_ready(timeout=60.0 + n * 0.05)
         if split is not None:  # again: threads the connections started
             pin_all(split, [server.pid], load.pids)
+            check_pinned(server.pid, split.server)
         t0 = time.monotonic() + 0.5
         load.start(t0)
         time.sleep(max(0.0, t0 - time.monotonic()))
@@ -133,7 +132,7 @@ def run_step(target: Target, n: int, settings: CapacitySettings, workdir: Path,
 
 
 def search(target: Target, settings: CapacitySettings, workdir: Path,
-           log: Any = print) -> SearchResult:
+           log: Any = print, split: CoreSplit | None = None) -> SearchResult:
     out = SearchResult(target)
     deadline = time.monotonic() + settings.budget_seconds
     n = settings.start
@@ -143,12 +142,13 @@ def search(target: Target, settings: CapacitySettings, workdir: Path,
             out.bounded_by_time = True
             break
         began = time.monotonic()
-        res = run_step(target, n, settings, workdir)
+        res = run_step(target, n, settings, workdir, split=split)
         last_step = time.monotonic() - began
         v = verdict(res, settings.p99_limit_ms)
         out.steps.append(res)
         out.verdicts.append(v)
-        log(f"  capacity {target}: {n} streams: p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms, "
+        log(f"  capacity {target}{' (own core)' if split else ''}: {n} streams: "
+            f"p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms, "
             f"server cpu {res.server_cpu:.0%}, generators {res.generator_cpu:.0%}: {v}")
         if v == "pass":
             out.best = max(out.best, n)

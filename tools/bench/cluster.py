@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench import capacity, catchup, latency
-from tools.bench.affinity import CoreSplit, core_split, pin_all, this_process_on
+from tools.bench.affinity import CoreSplit, check_pinned, core_split, pin_all, this_process_on
 from tools.bench.common import FRAME_PERIOD, SPEECH, pcm
 from tools.bench.loadgen import LoadResult, LoadRun, WorkerResult, merge
 from tools.bench.report import Row
@@ -151,6 +151,8 @@ def run_step(cluster: Cluster, n: int, settings: ClusterSettings, tag: str,
             load.wait_ready(timeout=60.0 + n * 0.05)
         if split is not None:  # again: threads started since
             pin_all(split, ingest, nats + generators)
+            for pid in ingest:
+                check_pinned(pid, split.server)
         t0 = time.monotonic() + 0.5
         for load in loads:
             load.start(t0)
@@ -269,13 +271,15 @@ def own_core_searches(settings: ClusterSettings, workdir: Path,
         log("  own core: skipped, this machine lets us use one CPU")
         return None
     log(f"  own core: {split.describe()}")
-    with this_process_on(split.rest):  # what this process starts inherits the mask
+    # What this process starts inherits its mask. `split` is passed down, not asked for
+    # again: from in here, core_split() would see only the rest.
+    with this_process_on(split.rest):
         js = search(1, settings, workdir, log, split)
         local = capacity.search("ours", replace(
             capacity.CapacitySettings(), step_seconds=settings.step_seconds,
             start=settings.start, max_streams=settings.max_streams,
             budget_seconds=settings.budget_seconds, workers=settings.workers,
-            precision=settings.precision, targets=("ours",), own_core=True), workdir, log)
+            precision=settings.precision, targets=("ours",)), workdir, log, split)
     return OwnCoreResult(split, js, local, settings.nats_nodes)
 
 
