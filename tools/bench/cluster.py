@@ -311,12 +311,13 @@ class EqualLoad:
             if k == 1 or one is None:
                 continue
             eff = self.efficiency(k)
-            met = eff >= TARGET_PER_NODE and all(v == "pass" for v in self.verdicts.values())
+            # Not a verdict on the goal: on shared cores, processes that wait for CPU batch
+            # more and spend less per frame, so this can exceed 1 (docs/performance.md).
             rows.append(Row("7 scale-out", f"{k} nodes at {self.per_node} streams each: "
                             "ingest CPU per node vs 1 node at the same load (efficiency)",
                             f"{eff:.2f} ({one.ingest_cpu:.0%} vs {step.ingest_cpu / k:.0%} "
-                            "per node)", "—", "—", f"≥ {TARGET_PER_NODE} where CPU is free",
-                            met if eff == eff else None))
+                            "per node)", "—", "—", "(does a node's cost grow with nodes?)",
+                            None))
         return rows
 
     def to_json(self) -> dict[str, Any]:
