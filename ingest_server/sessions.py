@@ -65,7 +65,9 @@ SHARED_EXISTS = ("stream id taken by a stream in the cluster: only its resume cr
 EXPIRY_RETRY = 30.0  # seconds before retrying an expiry whose finalization failed
 FOLLOW_POLL = 2.0  # seconds without a wake-up before a followed stream's tail is read anyway
 DAY = 86400.0
-EXPIRED_ORPHANS_KEPT = 1024  # final metas kept for describe(): a webhook is built at once
+# final metas kept for describe(): the webhook dispatcher reads one moments after the
+# expiry, when it takes the event into its outbox
+EXPIRED_ORPHANS_KEPT = 1024
 
 
 # Events that carry the stream's duplicates count (events.py): replays per connection.
@@ -118,6 +120,11 @@ class Registry:
         # and the webhook payload needs its format and totals (describe)
         self._expired_orphans: OrderedDict[str, StreamMeta] = OrderedDict()
 
+    def _keep(self, stream: Stream) -> None:
+        """Hold a stream in memory; its meta is then the one describe() answers with."""
+        self.streams[stream.stream_id] = stream
+        self._expired_orphans.pop(stream.stream_id, None)
+
     def describe(self, stream_id: str) -> StreamMeta | None:
         """A stream's meta from memory, no store read: the streams held here, and the dead
         nodes' streams this node expired (webhook payloads: format, frames, gaps)."""
@@ -151,7 +158,7 @@ class Registry:
         """Load every stream on disk; open ones are disconnected sessions from now on."""
         now = self.clock()
         for meta, journal in self.store.recover():
-            self.streams[meta.stream_id] = self._stream(meta, journal, now)
+            self._keep(self._stream(meta, journal, now))
         self.open_count = sum(1 for s in self.streams.values() if not s.finalized)
         log.info("recovered %d streams (%d open)", len(self.streams), self.open_count)
 
@@ -212,7 +219,7 @@ class Registry:
         # Registered before the first await, so a concurrent hello for the same id sees it.
         stream = self._stream(meta, None, self.clock())
         stream.owner = owner
-        self.streams[sid] = stream
+        self._keep(stream)
         self.open_count += 1
         async with stream.lock:
             try:
@@ -333,7 +340,7 @@ class Registry:
             self._drop(stream)
             stream = None
         if stream is None and meta is not None:
-            self.streams[sid] = self._stream(meta, None, self.clock())
+            self._keep(self._stream(meta, None, self.clock()))
             if meta.state is not StreamState.FINALIZED:
                 self.open_count += 1
 
@@ -387,7 +394,7 @@ class Registry:
             stream = self.streams.get(sid)  # a resume may have made it meanwhile
             if stream is None:
                 stream = self._stream(meta, None, self.clock())
-                self.streams[sid] = stream
+                self._keep(stream)
                 if not stream.finalized:
                     self.open_count += 1
                     stream.durable = (await self._run(self._shared.tail_of, meta))[0]

@@ -90,7 +90,7 @@ class NatsCluster:
         # default (all of them) three runtimes on 2 cores spin looking for work: at 50 live
         # streams the nodes used 77 % of a core, with 1 each 53 % (docs/performance.md,
         # "Scale-out"). $GOMAXPROCS, when set, wins.
-        self.gomaxprocs = max(1, (os.cpu_count() or 1) // size)
+        self.gomaxprocs = max(1, len(os.sched_getaffinity(0)) // size)  # the CPUs we may use
         self.binary = nats_server_binary()
         self.nodes = [
             _Node(i, f"{name}-{i}", free_port(), free_port(), free_port(),

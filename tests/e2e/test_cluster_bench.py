@@ -32,6 +32,7 @@ def test_the_cluster_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
         own = results["own_core"]
         assert own["jetstream"]["steps"][0]["frames_lost"] == 0
         assert own["local"]["steps"], own
+        assert own["jetstream_sync_always"]["steps"][0]["frames_lost"] == 0
         assert own["split"]["server"] and own["split"]["rest"]
     synced = results["sync_always"]  # NATS with sync_interval: always
     assert synced["identical"] is True and synced["capacity"]["steps"]

@@ -141,6 +141,9 @@ def test_a_dead_nodes_stream_expires_on_another_node_and_can_be_reopened(
         back = await b.registry.attach(Hello(sid, FMT, FRAME, Resume(1, credential)),
                                        FakeOwner())
         assert back.stream.meta.reopened == 1 and back.stream.durable.next_seq == 4
+        reopened = b.registry.describe(sid)  # the held stream's meta, not the final one
+        assert reopened is not None and reopened.reopened == 1
+        assert sid not in b.registry._expired_orphans
 
     asyncio.run(asyncio.wait_for(later(), 30))
 

@@ -59,15 +59,20 @@ def pin_all(split: CoreSplit, servers: Iterable[int], others: Iterable[int]) -> 
         pin_process(pid, split.rest)
 
 
+class PinningError(RuntimeError):
+    """A process meant to be pinned is not: the run stops (benchmark steps turn other
+    errors into failed steps, which would pass off an unpinned run as a capacity limit)."""
+
+
 def check_pinned(pid: int, cpus: Iterable[int]) -> None:
-    """Raise unless every thread of `pid` runs on `cpus` only: a run that believes it
-    measured a pinned process must have measured one."""
+    """Raise PinningError unless every thread of `pid` runs on `cpus` only: a run that
+    believes it measured a pinned process must have measured one."""
     want = set(cpus)
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             got = os.sched_getaffinity(int(tid))
             if got != want:
-                raise RuntimeError(f"thread {tid} of {pid} runs on CPUs {sorted(got)}, "
+                raise PinningError(f"thread {tid} of {pid} runs on CPUs {sorted(got)}, "
                                    f"not {sorted(want)}")
 
 

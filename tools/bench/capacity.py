@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.bench.affinity import CoreSplit, check_pinned, pin_all
+from tools.bench.affinity import CoreSplit, PinningError, check_pinned, pin_all
 from tools.bench.loadgen import LoadResult, LoadRun, Protocol, merge
 from tools.bench.profiling import finish_record, start_record
 from tools.bench.report import Row
@@ -120,6 +120,8 @@ def run_step(target: Target, n: int, settings: CapacitySettings, workdir: Path,
         res.server_cpu = (cpu1 - cpu0) / settings.step_seconds
         res.server_rss_mib = rss / 2**20
         return res
+    except PinningError:
+        raise
     except Exception as e:  # a step that breaks is a failed step, with the reason kept
         return LoadResult(protocol, n, settings.step_seconds, error=repr(e))
     finally:
