@@ -123,7 +123,6 @@ class IngestService:
                              dropped=stats.total("dropped"), lost=stats.lost,
                              queued=stats.total("queued"))
 
-
     async def start(self) -> None:
         """Recover every stream before the first connection is accepted."""
         self.history.start()  # before recovery and the first connection: nothing is missed

@@ -52,13 +52,6 @@ def pin_process(pid: int, cpus: Iterable[int]) -> int:
     return pinned
 
 
-def pin_all(split: CoreSplit, servers: Iterable[int], others: Iterable[int]) -> None:
-    for pid in servers:
-        pin_process(pid, split.server)
-    for pid in others:
-        pin_process(pid, split.rest)
-
-
 class PinningError(RuntimeError):
     """A process meant to be pinned is not: the run stops (benchmark steps turn other
     errors into failed steps, which would pass off an unpinned run as a capacity limit)."""
@@ -85,3 +78,15 @@ def this_process_on(cpus: Iterable[int]) -> Iterator[None]:
         yield
     finally:
         pin_process(os.getpid(), before)
+
+
+def pin_all(split: CoreSplit, servers: Iterable[int], others: Iterable[int]) -> None:
+    """Servers on the server core, the others on the rest; then check every server
+    (PinningError): the number measured is the pinned process's or none."""
+    servers = list(servers)
+    for pid in servers:
+        pin_process(pid, split.server)
+    for pid in others:
+        pin_process(pid, split.rest)
+    for pid in servers:
+        check_pinned(pid, split.server)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.bench.affinity import CoreSplit, PinningError, check_pinned, pin_all
+from tools.bench.affinity import CoreSplit, PinningError, pin_all
 from tools.bench.loadgen import LoadResult, LoadRun, Protocol, merge
 from tools.bench.profiling import finish_record, start_record
 from tools.bench.report import Row
@@ -105,7 +105,6 @@ def run_step(target: Target, n: int, settings: CapacitySettings, workdir: Path,
         load.wait_ready(timeout=60.0 + n * 0.05)
         if split is not None:  # again: threads the connections started
             pin_all(split, [server.pid], load.pids)
-            check_pinned(server.pid, split.server)
         t0 = time.monotonic() + 0.5
         load.start(t0)
         time.sleep(max(0.0, t0 - time.monotonic()))

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench import capacity, catchup, latency
-from tools.bench.affinity import CoreSplit, PinningError, check_pinned, core_split, pin_all, this_process_on
+from tools.bench.affinity import CoreSplit, PinningError, core_split, pin_all, this_process_on
 from tools.bench.common import FRAME_PERIOD, SPEECH, pcm
 from tools.bench.loadgen import LoadResult, LoadRun, WorkerResult, merge
 from tools.bench.report import Row
@@ -153,8 +153,6 @@ def run_step(cluster: Cluster, n: int, settings: ClusterSettings, tag: str,
             load.wait_ready(timeout=60.0 + n * 0.05)
         if split is not None:  # again: threads started since
             pin_all(split, ingest, nats + generators)
-            for pid in ingest:
-                check_pinned(pid, split.server)
         t0 = time.monotonic() + 0.5
         for load in loads:
             load.start(t0)
